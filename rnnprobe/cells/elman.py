@@ -1,0 +1,257 @@
+"""Elman / leaky / rate-outside / residual cells: the canonical model of DESIGN.md.
+
+Column-vector convention, for a state h and input u:
+
+    leaky (alpha = 1 is Elman):  h' = (1 - alpha) h + alpha phi(W_hh h + W_uh u + b)
+    rate-outside (PsychRNN):     h' = (1 - alpha) h + alpha (W_hh phi(h) + W_uh u + b)
+    residual (Euler, eps=alpha): h' = h + alpha phi(W_hh h + W_uh u + b)
+    readout:                     y  = W_r h' + b_r
+
+States are batched as rows ([B, N]), so the code multiplies by transposes.
+Jacobians are analytic; ``jvp`` never forms J: ``J V = (1-a) V + a phi'(x) * (W_hh V)``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from rnnprobe.cells.base import Cell, as_tensor, check_finite
+from rnnprobe.cells.nonlinearities import get_nonlinearity
+from rnnprobe.errors import InputError
+
+__all__ = ["ElmanCell", "FORMS"]
+
+FORMS = ("leaky", "rate-outside", "residual")
+
+
+class ElmanCell(Cell):
+    """h' = (1 - alpha) h + alpha phi(W_hh h + W_uh u + b) and its two variants.
+
+    Arguments:
+        W_hh: [N, N] recurrent weights.
+        W_uh: [N, d_in] input weights (d_in may be 0).
+        b: [N] bias (zeros if ``None``).
+        W_r: [d_out, N] readout (optional), b_r: [d_out].
+        alpha: leak in (0, 1] for ``leaky`` and ``rate-outside``; the Euler step
+            eps > 0 for ``residual``.
+        nonlinearity: tanh, relu, linear, softplus or sigmoid.
+        form: ``leaky`` (default), ``rate-outside`` or ``residual``.
+    """
+
+    kind: ClassVar[str] = "elman"
+
+    def __init__(
+        self,
+        W_hh,
+        W_uh=None,
+        b=None,
+        W_r=None,
+        b_r=None,
+        *,
+        alpha: float = 1.0,
+        nonlinearity: str = "tanh",
+        form: str = "leaky",
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ):
+        self.dtype = dtype
+        self.device = torch.device(device)
+        t = lambda x: None if x is None else as_tensor(x, dtype=dtype, device=self.device, detach=True)  # noqa: E731
+        W_hh = t(W_hh)
+        if W_hh.dim() != 2 or W_hh.shape[0] != W_hh.shape[1]:
+            raise InputError(f"W_hh must be square [N, N]; got shape {list(W_hh.shape)}")
+        N = W_hh.shape[0]
+        W_uh = torch.zeros(N, 0, dtype=dtype, device=self.device) if W_uh is None else t(W_uh)
+        if W_uh.dim() == 1:
+            W_uh = W_uh[:, None]
+        if W_uh.dim() != 2 or W_uh.shape[0] != N:
+            raise InputError(f"W_uh must be [N={N}, d_in]; got shape {list(W_uh.shape)}")
+        b = torch.zeros(N, dtype=dtype, device=self.device) if b is None else t(b).reshape(-1)
+        if b.shape != (N,):
+            raise InputError(f"b must have N={N} entries; got shape {list(b.shape)}")
+        if W_r is not None:
+            W_r = t(W_r)
+            if W_r.dim() == 1:
+                W_r = W_r[None, :]
+            if W_r.dim() != 2 or W_r.shape[1] != N:
+                raise InputError(f"W_r must be [d_out, N={N}]; got shape {list(W_r.shape)}")
+            b_r = torch.zeros(W_r.shape[0], dtype=dtype, device=self.device) if b_r is None else t(b_r).reshape(-1)
+            if b_r.shape != (W_r.shape[0],):
+                raise InputError(f"b_r must have d_out={W_r.shape[0]} entries; got shape {list(b_r.shape)}")
+        elif b_r is not None:
+            raise InputError("b_r given without W_r")
+        for name, x in (("W_hh", W_hh), ("W_uh", W_uh), ("b", b), ("W_r", W_r), ("b_r", b_r)):
+            if x is not None:
+                check_finite(name, x)
+        if form not in FORMS:
+            raise InputError(f"form {form!r} is not one of {', '.join(FORMS)} (--form)")
+        alpha = float(alpha)
+        if form == "residual":
+            if not (alpha > 0 and alpha < float("inf")):
+                raise InputError(f"the residual step eps must be > 0; got {alpha} (--eps / --alpha)")
+        elif not (0.0 < alpha <= 1.0):
+            raise InputError(f"alpha must be in (0, 1]; got {alpha} (--alpha, or dt/tau)")
+
+        self.W_hh, self.W_uh, self.b, self.W_r, self.b_r = W_hh, W_uh, b, W_r, b_r
+        self.alpha = alpha
+        self.form = form
+        self.nl = get_nonlinearity(nonlinearity)
+        self.nonlinearity = self.nl.name
+        self.n_state = self.n_hidden = N
+        self.n_inputs = W_uh.shape[1]
+        self.n_outputs = 0 if W_r is None else W_r.shape[0]
+
+    # ---- construction helpers --------------------------------------------------
+    def replace(self, **changes) -> "ElmanCell":
+        """A new cell with some parameters replaced (e.g. an ablated ``W_hh``)."""
+        kw = dict(
+            W_hh=self.W_hh, W_uh=self.W_uh, b=self.b, W_r=self.W_r, b_r=self.b_r,
+            alpha=self.alpha, nonlinearity=self.nonlinearity, form=self.form,
+            dtype=self.dtype, device=self.device,
+        )
+        kw.update(changes)
+        return ElmanCell(**kw)
+
+    def to(self, dtype=None, device=None) -> "ElmanCell":
+        return self.replace(dtype=dtype or self.dtype, device=device or self.device)
+
+    def attrs(self) -> dict:
+        return {
+            "cell": self.kind,
+            "form": self.form,
+            "alpha": self.alpha,
+            "nonlinearity": self.nonlinearity,
+            "n_hidden": self.n_hidden,
+            "n_inputs": self.n_inputs,
+            "n_outputs": self.n_outputs,
+        }
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        out = {"W_hh": self.W_hh, "W_uh": self.W_uh, "b": self.b}
+        if self.W_r is not None:
+            out.update(W_r=self.W_r, b_r=self.b_r)
+        return out
+
+    def matrices(self) -> dict[str, torch.Tensor | None]:
+        return {"W_hh": self.W_hh, "W_uh": self.W_uh, "W_r": self.W_r, "b": self.b, "b_r": self.b_r}
+
+    # ---- dynamics ----------------------------------------------------------------
+    def preactivation(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """The argument of phi: W_hh h + W_uh u + b (leaky, residual) or W_hh phi(h) + ... ."""
+        u = self._inputs(u, h.shape[0])
+        r = self.nl.phi(h) if self.form == "rate-outside" else h
+        return r @ self.W_hh.T + u @ self.W_uh.T + self.b
+
+    def step(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.preactivation(h, u)
+        a = self.alpha
+        if self.form == "leaky":
+            return h + a * (self.nl.phi(x) - h) if a != 1.0 else self.nl.phi(x)
+        if self.form == "rate-outside":
+            return (1.0 - a) * h + a * x
+        return h + a * self.nl.phi(x)
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        if self.W_r is None:
+            return super().readout(h)
+        return h @ self.W_r.T + self.b_r
+
+    @property
+    def _self_weight(self) -> float:
+        """The coefficient of the identity in J: 1 - alpha, or 1 for residual."""
+        return 1.0 if self.form == "residual" else 1.0 - self.alpha
+
+    def _gain(self, h: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """phi' at the point where it enters J: of the preactivation, or of h (rate-outside)."""
+        if self.form == "rate-outside":
+            return self.nl.dphi(h)
+        return self.nl.dphi(self.preactivation(h, u))
+
+    def jacobian(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        h = as_tensor(h, dtype=self.dtype, device=self.device)
+        d = self._gain(h, u)
+        if self.form == "rate-outside":
+            J = self.alpha * self.W_hh[None] * d[:, None, :]
+        else:
+            J = self.alpha * d[:, :, None] * self.W_hh[None]
+        idx = torch.arange(self.n_state, device=self.device)
+        J[:, idx, idx] += self._self_weight
+        return J
+
+    def input_jacobian(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        h = as_tensor(h, dtype=self.dtype, device=self.device)
+        if self.form == "rate-outside":
+            return (self.alpha * self.W_uh).expand(h.shape[0], -1, -1).clone()
+        d = self._gain(h, u)
+        return self.alpha * d[:, :, None] * self.W_uh[None]
+
+    def _apply_J(self, d: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        col = V.dim() == 3
+        Vc = V if col else V[:, :, None]
+        dd = d[:, :, None]
+        if self.form == "rate-outside":
+            WV = torch.matmul(self.W_hh, dd * Vc)
+            out = self._self_weight * Vc + self.alpha * WV
+        else:
+            out = self._self_weight * Vc + self.alpha * dd * torch.matmul(self.W_hh, Vc)
+        return out if col else out[:, :, 0]
+
+    def jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
+        h = as_tensor(h, dtype=self.dtype, device=self.device)
+        return self._apply_J(self._gain(h, u), V)
+
+    def vjp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
+        h = as_tensor(h, dtype=self.dtype, device=self.device)
+        d = self._gain(h, u)
+        col = V.dim() == 3
+        Vc = V if col else V[:, :, None]
+        dd = d[:, :, None]
+        WT = self.W_hh.T
+        if self.form == "rate-outside":
+            out = self._self_weight * Vc + self.alpha * dd * torch.matmul(WT, Vc)
+        else:
+            out = self._self_weight * Vc + self.alpha * torch.matmul(WT, dd * Vc)
+        return out if col else out[:, :, 0]
+
+    def step_and_jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor):
+        h = as_tensor(h, dtype=self.dtype, device=self.device)
+        x = self.preactivation(h, u)
+        a = self.alpha
+        if self.form == "rate-outside":
+            h_next = (1.0 - a) * h + a * x
+            d = self.nl.dphi(h)
+        else:
+            p = self.nl.phi(x)
+            h_next = h + a * (p - h) if self.form == "leaky" else h + a * p
+            d = self.nl.dphi(x)
+        return h_next, self._apply_J(d, V)
+
+    def rollout(self, h0: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        inputs = as_tensor(inputs, dtype=self.dtype, device=self.device)
+        if inputs.dim() != 3 or inputs.shape[-1] != self.n_inputs:
+            raise InputError(f"inputs must be [batch, time, {self.n_inputs}]; got shape {list(inputs.shape)}")
+        h = as_tensor(h0, dtype=self.dtype, device=self.device)
+        if h.dim() == 1:
+            h = h.expand(inputs.shape[0], self.n_state)
+        # the input drive of every step in one product
+        drive = inputs @ self.W_uh.T + self.b
+        out = torch.empty(inputs.shape[0], inputs.shape[1], self.n_state, dtype=self.dtype, device=self.device)
+        WT, a, phi = self.W_hh.T, self.alpha, self.nl.phi
+        for t in range(inputs.shape[1]):
+            if self.form == "leaky":
+                p = phi(h @ WT + drive[:, t])
+                h = p if a == 1.0 else h + a * (p - h)
+            elif self.form == "rate-outside":
+                h = (1.0 - a) * h + a * (phi(h) @ WT + drive[:, t])
+            else:
+                h = h + a * phi(h @ WT + drive[:, t])
+            out[:, t] = h
+        return out
+
+    def describe(self) -> str:
+        form = {"leaky": "leaky" if self.alpha != 1.0 else "Elman", "rate-outside": "rate-outside",
+                "residual": "residual (Euler)"}[self.form]
+        a = f", alpha={self.alpha:g}" if self.form != "residual" else f", eps={self.alpha:g}"
+        return f"{form} {self.nonlinearity} RNN, N={self.n_hidden}, {self.n_inputs} inputs, {self.n_outputs} outputs{a}"
