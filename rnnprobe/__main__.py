@@ -1,0 +1,3 @@
+from rnnprobe.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command line (Typer): ``rnnprobe.cli.app:app``."""
