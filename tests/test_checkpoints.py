@@ -534,6 +534,18 @@ def test_malicious_pickles_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
+def test_trust_pickle_is_an_explicit_opt_in(tmp_path):
+    import fractions
+
+    p = tmp_path / "frac.pt"
+    torch.save({"rnn.weight_hh_l0": torch.eye(N) * 0.5, "ratio": fractions.Fraction(1, 3)}, p)
+    with pytest.raises(UnsafeCheckpointError, match=r"fractions.Fraction.*--trust-pickle"):
+        load_checkpoint(p)
+    m = load_checkpoint(p, trust_pickle=True)
+    assert torch.equal(m.cell.W_hh, torch.eye(N, dtype=torch.float64) * 0.5)
+    assert any("--trust-pickle" in n for n in m.notes)
+
+
 def _hostile_files(tmp):
     """name -> (path, options, regex the one-line message must match). Each must raise CheckpointError."""
     torch.save(Net().state_dict(), tmp / "good.pt")
