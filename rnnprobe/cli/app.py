@@ -43,11 +43,13 @@ def _assemble() -> None:
     from rnnprobe.analyses import analyses
     from rnnprobe.cli import inspect as inspect_cmd
     from rnnprobe.cli import report
+    from rnnprobe.cli import zoo as zoo_cmd
     from rnnprobe.cli.analysis import add_analysis_command
 
     app.command("inspect", epilog=f"Example: {inspect_cmd.EXAMPLE}")(inspect_cmd.inspect)
     for spec in analyses().values():
         add_analysis_command(app, spec)
+    app.command("zoo", epilog=f"Example: {zoo_cmd.EXAMPLE}")(zoo_cmd.zoo)
     app.add_typer(report.app, name="report")
 
 

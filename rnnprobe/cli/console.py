@@ -15,10 +15,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from rnnprobe.analyses.base import Progress
 
-__all__ = ["Terminal", "kv_table", "print_json"]
+__all__ = ["Terminal", "kv_table", "rows_table", "print_json", "TaskBar"]
 
 
 def print_json(data: Any) -> None:
@@ -49,6 +50,34 @@ def kv_table(data: dict, *, title: str | None = None, skip: tuple[str, ...] = ()
             continue
         t.add_row(str(k), _fmt(v))
     return t
+
+
+def rows_table(columns: list[str], rows: list[list[str]], *, title: str | None = None,
+               row_styles: list[str | None] | None = None) -> Table:
+    """A table with a header; cells are plain text (no markup), ``row_styles`` colour whole rows."""
+    t = Table(title=title, header_style="bold", pad_edge=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for i, row in enumerate(rows):
+        style = row_styles[i] if row_styles else None
+        t.add_row(*(Text(str(v)) for v in row), style=style)
+    return t
+
+
+class TaskBar:
+    """A progress bar over many tasks whose description changes (``rnnprobe zoo``), on stderr."""
+
+    def __init__(self, console: Console, total: int, description: str):
+        self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total)
+
+    def update(self, completed: int, description: str) -> None:
+        self._bar.update(self._task, completed=completed, description=description)
+
+    def stop(self) -> None:
+        self._bar.stop()
 
 
 class _RichProgress(Progress):
@@ -107,6 +136,10 @@ class Terminal:
     def show_data(self, renderable) -> None:
         """A table that *is* the command's output (``inspect``, ``report show``), on stdout."""
         self.out.print(renderable)
+
+    def task_bar(self, total: int, description: str) -> TaskBar | None:
+        """A :class:`TaskBar` on a terminal; ``None`` in CI, in pipes and with ``--quiet``."""
+        return TaskBar(self.err, total, description) if (self.interactive and not self.quiet) else None
 
     def progress(self) -> Progress:
         return _RichProgress(self.err) if (self.interactive and not self.quiet) else Progress()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.tree import Tree
@@ -53,3 +53,20 @@ def show(
         if d["summary"]:
             skip = ("options", "plots", "report", "warnings", "gate_failures", "checkpoint_sha256")
             term.show_data(kv_table(d["summary"], title="summary", skip=skip))
+
+
+@app.command("table", epilog="Example: rnnprobe report table rnnprobe-reports --format csv > summary.csv")
+def table(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="The --out folder of a zoo run.")],
+    format_: Annotated[str, typer.Option("--format", help="table, csv or jsonl (on stdout).")] = "table",
+    write: Annotated[bool, typer.Option("--write", help="Also rewrite DIR/summary.csv and DIR/summary.jsonl.")] = False,
+    fail_if: Annotated[Optional[list[str]], typer.Option(
+        "--fail-if", metavar="EXPR", help="A gate as in rnnprobe zoo (repeatable): exit 1 where it holds.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """The zoo's summary table, rebuilt from the reports and failure records in DIR (exit codes as the zoo's)."""
+    from rnnprobe.cli.zoo import report_table
+
+    if format_ not in ("table", "csv", "jsonl"):
+        raise typer.BadParameter(f"--format {format_!r} must be table, csv or jsonl")
+    report_table(directory, fmt=format_, write=write, fail_if=fail_if, debug=debug)
