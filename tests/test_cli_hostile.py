@@ -36,7 +36,8 @@ class Boom:
 def _state_dict(seed=0):
     torch.manual_seed(seed)
     rnn, fc = torch.nn.RNN(D, N), torch.nn.Linear(N, 2)
-    return {**{"rnn." + k: v for k, v in rnn.state_dict().items()}, **{"fc." + k: v for k, v in fc.state_dict().items()}}
+    return {**{"rnn." + k: v for k, v in rnn.state_dict().items()},
+            **{"fc." + k: v for k, v in fc.state_dict().items()}}
 
 
 def _files(d: Path, marker: Path) -> dict[str, tuple[Path, list[str]]]:

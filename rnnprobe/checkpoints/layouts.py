@@ -150,7 +150,8 @@ def find_torch_rnn(store: Store, layer: int, direction: str) -> list[Layout]:
                 f"'{name}' is an LSTM with proj_size (weight_hr_l0): its projected hidden state is not supported; "
                 "re-train without proj_size or wrap it as a user cell (--cell)"
             )
-        own = {k for k in store.model_keys() if normalize(k).startswith(p) and _TORCH_PARAM.match(normalize(k)[len(p):])}
+        own = {k for k in store.model_keys()
+               if normalize(k).startswith(p) and _TORCH_PARAM.match(normalize(k)[len(p):])}
         N = cols
         notes = []
         last = max(layers)

@@ -298,7 +298,8 @@ def _refuse_elman_options(options: LoadOptions, st: _Settings, layout: Layout, n
 
 
 # ---- user cells -------------------------------------------------------------------------------------------------
-def _cell_spec(options: LoadOptions, sidecar: dict, side_name: str | None, store: Store) -> tuple[str | None, list[str]]:
+def _cell_spec(options: LoadOptions, sidecar: dict, side_name: str | None,
+               store: Store) -> tuple[str | None, list[str]]:
     notes = []
     named, source = None, None
     if isinstance(sidecar.get("cell"), str) and ":" in sidecar["cell"]:
@@ -382,7 +383,7 @@ def _load_user_cell(store: Store, spec: str, sidecar: dict, options: LoadOptions
     return cell, matched
 
 
-# ---- the loader -------------------------------------------------------------------------------------------------------
+# ---- the loader ---------------------------------------------------------------------------------------------
 def _options(options: LoadOptions | None, overrides: dict) -> LoadOptions:
     options = options if options is not None else LoadOptions()
     if not overrides:
