@@ -110,6 +110,11 @@ def test_nonlinearity_relu_from_sidecar_and_option(tmp_path):
     assert model.cell.nonlinearity == "relu" and model.task == "copy" and model.dt == 0.1
     _check_against_torch(model, net)
     assert load_checkpoint(p, nonlinearity="linear").cell.nonlinearity == "linear"  # option beats sidecar
+    hp = tmp_path / "hp.ckpt"  # Lightning keeps hyper-parameters next to the state dict: file metadata
+    torch.save({"state_dict": net.state_dict(), "hyper_parameters": {"alpha": 0.3, "nonlinearity": "relu"}}, hp)
+    m = load_checkpoint(hp)
+    assert (m.cell.alpha, m.cell.nonlinearity) == (0.3, "relu")
+    assert any("hyper_parameters.alpha" in n for n in m.notes)
 
 
 @pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
@@ -657,6 +662,30 @@ def test_fuzz_safetensors_structured_headers(header, payload, skew):
         return
     for _dtype, _shape, begin, end in tensors.values():
         assert start <= begin <= end <= len(blob)
+
+
+@given(hst.lists(hst.tuples(hst.sampled_from(["F64", "F32", "F16", "BF16", "I64"]),
+                            hst.lists(hst.integers(0, 4), min_size=1, max_size=3)), min_size=1, max_size=4))
+def test_safetensors_roundtrip_property(tmp_path_factory, specs):
+    rng = np.random.default_rng(len(specs))
+    tensors, expected = {}, {}
+    for i, (dtype, shape) in enumerate(specs):
+        t = torch.from_numpy(rng.standard_normal(shape) * 10).round() if dtype == "I64" else \
+            torch.from_numpy(rng.standard_normal(shape))
+        if dtype == "I64":
+            t = t.to(torch.int64)
+        tensors[f"t{i}"] = _st(t, dtype)
+        ref = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+               "I64": torch.int64}[dtype]
+        expected[f"t{i}"] = t.to(ref).double()
+    p = tmp_path_factory.mktemp("st") / "x.safetensors"
+    _write_safetensors(p, tensors)
+    from rnnprobe.checkpoints.safetensors_format import read_safetensors
+
+    store = read_safetensors(p, p.stat().st_size)
+    for k, ref in expected.items():
+        got = store.tensor(k, k, dtype=torch.float64, device="cpu", max_bytes=1 << 30)
+        assert torch.equal(got, ref)
 
 
 # ---- summary -----------------------------------------------------------------------------------------------
