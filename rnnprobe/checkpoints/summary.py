@@ -25,8 +25,8 @@ __all__ = ["model_summary", "spectral_radius", "EXACT_MAX", "ARPACK_TOL"]
 EXACT_MAX = 1024
 ARPACK_TOL = 1e-6
 ARPACK_K = 6
-ARPACK_NCV = 64
-ARPACK_MAXITER = 30
+ARPACK_NCV = 96
+ARPACK_MAXITER = 20
 
 
 def _exact(W: np.ndarray) -> float:
