@@ -81,10 +81,12 @@ def _real(p: Path) -> Path:
 
 
 def _add(found: dict[Path, Path], p: Path) -> None:
-    # one entry per real file; of several paths to it, the smallest, whatever the order of the inputs
+    # one entry per real file; of several paths to it, whatever the order of the inputs: one that is not
+    # reached through a symbolic link, else the smallest
     a = Path(os.path.abspath(p))
     real = _real(p)
-    if real not in found or str(a) < str(found[real]):
+    rank = (a != real, str(a))
+    if real not in found or rank < (found[real] != real, str(found[real])):
         found[real] = a
 
 
