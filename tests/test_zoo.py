@@ -343,29 +343,47 @@ def _alive(pid):
     return state not in ("Z", "X")
 
 
-def test_sigkill_midway_then_resume(zoo, tmp_path):
-    out = tmp_path / "out"
-    args = ["zoo", str(zoo.root), "--analyses", ANALYSIS, "--out", str(out)]
+def _wait_gone(pids, timeout=15.0):
+    t0 = time.monotonic()
+    while any(_alive(p) for p in pids) and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    assert pids and not any(_alive(p) for p in pids), "worker processes outlived the zoo"
+
+
+def _start_and_signal(args, out, n_reports, sig):
+    """Start the CLI in a subprocess, send ``sig`` once ``n_reports`` reports exist; return it and its workers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.Popen([*CLI, *args, "--jobs", "2", "-q"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     workers = []
     while time.monotonic() < deadline and proc.poll() is None:
         if Path("/proc").is_dir():
             workers = sorted(set(workers) | set(_children(proc.pid)))
-        if len(list(out.glob(f"*.{ANALYSIS}.json"))) >= 6:
+        if len(list(out.glob(f"*.{ANALYSIS}.json"))) >= n_reports:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return proc, workers
+
+
+def test_sigterm_then_sigkill_midway_then_resume(zoo, tmp_path):
+    out = tmp_path / "out"
+    args = ["zoo", str(zoo.root), "--analyses", ANALYSIS, "--out", str(out)]
+    # SIGTERM (a Slurm time limit): workers stopped, the finished tasks in the summary, exit 130
+    proc, workers = _start_and_signal([*args, "--jobs", "2"], out, 3, signal.SIGTERM)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted after" in stderr and "run the same command again to resume" in stderr
+    _wait_gone(workers)
+    partial = read_csv(out / "summary.csv")
+    assert 3 <= len(partial) < len(zoo.all()) and len({x["checkpoint"] for x in partial}) == len(partial)
+    # SIGKILL: nothing runs any more code in the parent
+    proc, workers = _start_and_signal([*args, "--jobs", "2", "-q"], out, len(partial) + 6, signal.SIGKILL)
     # the orphaned workers notice and exit (a task they were running may still finish its report)
-    t0 = time.monotonic()
-    while any(_alive(w) for w in workers) and time.monotonic() - t0 < 15:
-        time.sleep(0.1)
-    assert workers and not any(_alive(w) for w in workers)
+    _wait_gone(workers)
     done = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob(f"*.{ANALYSIS}.json")}
-    assert 6 <= len(done) < N_GOOD, f"not killed mid-way ({len(done)} reports): {proc.stderr.read()[-2000:]}"
+    assert len(partial) + 3 <= len(done) < N_GOOD, f"not killed mid-way ({len(done)} reports): {proc.stderr.read()}"
     for p in done:  # whatever exists is whole
         json.loads(p.read_text())
         with h5py.File(p.with_suffix(".h5"), "r") as f:
@@ -575,3 +593,28 @@ def test_usage_errors_exit_2(zoo, tmp_path):
     assert r.exit_code == 2 and "no such file or folder" in r.stderr
     assert list(tmp_path.iterdir()) == []
     assert rows_from_reports(tmp_path) == []
+
+
+def test_progress_lines_bar_and_quiet(zoo, tmp_path, monkeypatch):
+    import rnnprobe.cli.zoo as cli_zoo
+
+    monkeypatch.setattr(cli_zoo, "PLAIN_EVERY", 0.0)
+    inputs = [zoo.root / "bad", *zoo.good[:3]]
+    r = invoke(["zoo", *inputs, *FAST, "--out", tmp_path / "a"], env={"CI": "true"})
+    assert r.exit_code == 3
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("rnnprobe zoo: 6 checkpoints x 1 analysis")
+    assert any(f"/6 tasks done (" in x for x in lines) and lines[-1].endswith("exit 3")
+    r = invoke(["zoo", *inputs, *FAST, "--out", tmp_path / "b", "-q"], env={"CI": "true"})
+    assert r.exit_code == 3 and "tasks done" not in r.stderr and "checkpoints x" not in r.stderr
+    # on a terminal: a rich progress bar and table on stderr, stdout untouched
+    r = invoke(["zoo", *inputs, *FAST, "--out", tmp_path / "c"], env={"CI": None, "TTY_COMPATIBLE": "1",
+                                                                        "COLUMNS": "200"})
+    assert r.exit_code == 3 and "━" in r.stderr and r.stdout == ""
+
+
+def test_output_folder_inside_the_zoo_is_refused(zoo, tmp_path):
+    r = invoke(["zoo", zoo.root, *FAST, "--out", zoo.root])
+    assert r.exit_code == 2 and "give --out a folder outside the zoo" in r.stderr
+    r = invoke(["zoo", zoo.root / "runA", *FAST, "--out", zoo.root])
+    assert r.exit_code == 2

@@ -94,7 +94,9 @@ def find_checkpoints(paths: Iterable[str | Path], *, include: Iterable[str] = ()
                      skip_dirs: Iterable[str | Path] = ()) -> list[Path]:
     """The sorted, de-duplicated absolute checkpoint paths the inputs describe.
 
-    Raises InputError for a path that does not exist and when nothing is found.
+    ``skip_dirs`` (the output folder) are not searched; a folder to search that
+    is one of them or inside one is refused. Raises InputError for a path that
+    does not exist, for that, and when nothing is found.
     """
     paths, include, exclude = list(paths), list(include), list(exclude)
     skip = {_real(Path(d)) for d in skip_dirs}
@@ -104,6 +106,11 @@ def find_checkpoints(paths: Iterable[str | Path], *, include: Iterable[str] = ()
         if not p.exists():
             raise InputError(f"{raw}: no such file or folder; check the path (or drop it from the --from-file list)")
         if p.is_dir():
+            real = _real(p)
+            inside = [d for d in skip if real == d or d in real.parents]
+            if inside:
+                raise InputError(f"{raw}: the output folder {inside[0]} is this folder or holds it, and reports (.h5) "
+                                 "would be taken for checkpoints; give --out a folder outside the zoo")
             for f in _walk(p, skip):
                 rel = f.relative_to(p).as_posix()
                 if f.suffix.lower() not in CHECKPOINT_EXTENSIONS:
