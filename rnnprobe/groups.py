@@ -12,7 +12,10 @@ One parser, shared by ``rnnprobe equivariance --group`` and ``rnnprobe lyapunov 
     rotations acting on consecutive pairs of state coordinates (0,1), (2,3), ...
     with integer frequencies k1, k2, ... (default one pair, k = 1); other
     coordinates fixed. Its generator is block-diagonal. ``output_action=rotate``
-    rotates consecutive output pairs with frequency 1 (e.g. (cos, sin) readouts).
+    rotates consecutive output pairs with frequency 1 (e.g. (cos, sin) readouts);
+    ``rotate:K`` starts the pairs at channel K, leaving channels before K (and
+    an unpaired last one) fixed: ``input_action="rotate:1"`` for inputs
+    ``(omega, cos, sin)`` whose cue pair rotates while omega is invariant.
 ``perm:FILE``
     a (signed) permutation from an .npz or .json file with ``perm`` (length N),
     optional ``sign``, and optional ``input_perm``/``input_sign``,
@@ -278,8 +281,9 @@ def parse_group(spec: str, *, n_state: int, n_inputs: int, n_outputs: int,
     name, _, arg = spec.partition(":")
     name = name.lower()
     for label, value, allowed in (("input", input_action, INPUT_ACTIONS), ("output", output_action, OUTPUT_ACTIONS)):
-        if value is not None and value not in allowed:
-            raise InputError(f"--{label}-action {value!r} must be one of {', '.join(allowed)}")
+        if value is not None and value.partition(":")[0] not in allowed:
+            raise InputError(f"--{label}-action {value!r} must be one of {', '.join(allowed)} "
+                             "(so2 also takes rotate:K)")
 
     if name == "sign":
         if arg:
@@ -315,11 +319,21 @@ def parse_group(spec: str, *, n_state: int, n_inputs: int, n_outputs: int,
         def side(kind: str, what: str, n: int) -> Action:
             if kind == "trivial" or n == 0:
                 return Action(n, dense=np.zeros((1, n, n)))
+            kind, _, start = kind.partition(":")
             if kind == "rotate":
-                if n % 2:
-                    raise InputError(f"--{what}-action rotate needs an even number of {what}s; the model has {n}")
-                return Action(n, dense=_rotation_generator(n, [freqs[0]] * (n // 2))[None])
-            raise InputError(f"--{what}-action {kind!r} does not apply to so2 (use trivial or rotate)")
+                try:
+                    k0 = int(start) if start else 0
+                except ValueError as e:
+                    raise InputError(f"--{what}-action rotate:K needs an integer first channel K; got {start!r}") from e
+                if start and not 0 <= k0 <= n - 2:
+                    raise InputError(f"--{what}-action rotate:{k0} needs 0 <= K <= {n - 2} for {n} {what}s")
+                if not start and n % 2:
+                    raise InputError(f"--{what}-action rotate needs an even number of {what}s; the model has {n} "
+                                     f"(rotate:K rotates the pairs from channel K on)")
+                M = np.zeros((n, n))
+                M[k0:, k0:] = _rotation_generator(n - k0, [freqs[0]] * ((n - k0) // 2))
+                return Action(n, dense=M[None])
+            raise InputError(f"--{what}-action {kind!r} does not apply to so2 (use trivial, rotate or rotate:K)")
 
         label = "SO(2)" + (f" with frequencies {','.join(map(str, freqs))}" if arg else "")
         return Group(spec, label, True, Action(n_state, dense=A[None]),
