@@ -1,0 +1,1083 @@
+"""Fixed and slow points of a recurrent map, and the linearised dynamics there.
+
+For a cell ``F`` (:class:`rnnprobe.cells.Cell`) and a constant input ``u*`` the
+fixed points solve
+
+    G(h) = F(h, u*) - h = 0,        q(h) = 1/2 ||G(h)||^2,
+
+and the slow points of Sussillo & Barak (2013, "Opening the black box",
+Neural Computation 25:626) are points where ``q`` is small but not zero.
+
+Public functions (stable signatures; other analyses import them):
+
+``find_fixed_points(cell, u_star, initial_states, *, tol=1e-12, slow_tol=1e-6, max_iter=100, ...)``
+    -> :class:`FixedPointSet`: the distinct fixed / slow points, their ``q``,
+    labels and how many candidates reached each, plus every candidate's fate.
+``linearize(cell, states, u=None, *, eigenvectors=True)``
+    -> :class:`Linearization`: ``J = dF/dh``, ``B = dF/du``, the eigenvalues
+    (sorted by decreasing modulus) and optionally the eigenvectors.
+``classify(eigenvalues, marginal_tol)``
+    -> stability codes (:data:`STABILITY`), unstable and marginal counts.
+``time_constants(eigenvalues)``
+    -> ``tau = -1 / log|lambda|`` in steps.
+``deduplicate(states, q, tol, groups=None)``
+    -> representatives and the assignment of every state to one.
+``memory_basis(J, B, R, basis="eigen", ...)``
+    -> :class:`MemoryBasis`: ``J = Xi Phi Xi^+`` with the input and readout maps.
+``detect_cyclic_shift(Phi, ...)``
+    -> :class:`CyclicShift`: a cyclic permutation of ``s`` subspaces in ``Phi``.
+
+The solver (see :func:`find_fixed_points`) runs every candidate in one batched
+tensor program: a short first-order warm start on ``q``, then per-candidate
+damped Newton steps (matrix-free Newton-Krylov with batched GMRES while many
+candidates are active, explicit Jacobians and LU / Levenberg-Marquardt once few
+are), merging candidates as soon as their Newton iterations settle on the same
+point so that the expensive work runs on the distinct points, and verifying
+every merge afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rnnprobe.cells.base import Cell, as_tensor
+from rnnprobe.errors import InputError
+
+__all__ = [
+    "FIXED",
+    "SLOW",
+    "UNCONVERGED",
+    "LABELS",
+    "STABLE",
+    "MARGINAL",
+    "SADDLE",
+    "UNSTABLE",
+    "STABILITY",
+    "FixedPointSet",
+    "find_fixed_points",
+    "Linearization",
+    "linearize",
+    "classify",
+    "time_constants",
+    "deduplicate",
+    "MemoryBasis",
+    "memory_basis",
+    "real_eigen_basis",
+    "CyclicShift",
+    "detect_cyclic_shift",
+]
+
+# candidate / point labels
+FIXED, SLOW, UNCONVERGED = 0, 1, 2
+LABELS = ("fixed", "slow", "unconverged")
+
+# stability codes of a linearisation
+STABLE, MARGINAL, SADDLE, UNSTABLE = 0, 1, 2, 3
+STABILITY = ("stable", "marginal", "saddle", "unstable")
+
+# solver states of a candidate
+_ACTIVE, _DONE, _FOLLOWER = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FixedPointSet:
+    """What :func:`find_fixed_points` found.
+
+    Distinct points (fixed first, then slow; within a label by decreasing count):
+
+    Attributes:
+        states: ``[K, n_state]`` the distinct fixed and slow points (the
+            lowest-``q`` candidate of each).
+        q: ``[K]`` ``1/2 ||F(h) - h||^2`` at each point.
+        labels: ``[K]`` int8, :data:`FIXED` or :data:`SLOW`.
+        counts: ``[K]`` int64, how many candidates reached each point.
+        inputs: ``[K, n_inputs]`` the constant input of each point.
+        groups: ``[K]`` int64, the input condition (group) of each point.
+
+    Every candidate:
+
+    Attributes:
+        candidate_states: ``[n, n_state]`` where each candidate ended.
+        candidate_q: ``[n]``.
+        candidate_labels: ``[n]`` int8, :data:`FIXED`, :data:`SLOW` or
+            :data:`UNCONVERGED` (an unconverged candidate is never a point).
+        candidate_point: ``[n]`` int64, index into ``states``, -1 when unconverged.
+        scale: the state scale the relative tolerances refer to (RMS of the
+            initial states and of their images).
+        stats: iteration counts and what each stage did.
+    """
+
+    states: torch.Tensor
+    q: torch.Tensor
+    labels: torch.Tensor
+    counts: torch.Tensor
+    inputs: torch.Tensor
+    groups: torch.Tensor
+    candidate_states: torch.Tensor
+    candidate_q: torch.Tensor
+    candidate_labels: torch.Tensor
+    candidate_point: torch.Tensor
+    scale: float
+    stats: dict
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.candidate_q.shape[0])
+
+    @property
+    def n_unique(self) -> int:
+        return int(self.q.shape[0])
+
+    def n_label(self, label: int) -> int:
+        """How many candidates ended with ``label``."""
+        return int((self.candidate_labels == label).sum())
+
+
+# ----------------------------------------------------------------------------------
+# the residual G(h) = F(h, u) - h and its derivatives
+# ----------------------------------------------------------------------------------
+class _System:
+    """``G(h) = F(h, u) - h`` for a batch of candidates with per-candidate inputs ``u`` [n, d]."""
+
+    def __init__(self, cell: Cell, u: torch.Tensor | None):
+        self.cell = cell
+        self.u = u
+
+    def sub(self, idx: torch.Tensor) -> "_System":
+        return _System(self.cell, None if self.u is None else self.u[idx])
+
+    def repeat(self, k: int) -> "_System":
+        """Each candidate's input repeated ``k`` times, for states laid out as [n, k, S] -> [n*k, S]."""
+        return _System(self.cell, None if self.u is None else self.u.repeat_interleave(k, dim=0))
+
+    def G(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cell.step(x, self.u) - x
+
+    def value_and_grad(self, x: torch.Tensor):
+        """``G(x)``, ``q(x)`` and ``grad q = J_G^T G`` with one forward and one backward pass."""
+        u = self.u
+        F, pullback = torch.func.vjp(lambda s: self.cell.step(s, u), x)
+        g = F - x
+        return g, 0.5 * (g * g).sum(-1), pullback(g)[0] - g
+
+    def operator(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``v -> (J - I) v`` at ``x``; for Elman cells phi' is computed once, not per product."""
+        from rnnprobe.cells.elman import ElmanCell
+
+        cell, u = self.cell, self.u
+        if isinstance(cell, ElmanCell):
+            d = cell._gain(x, u)
+            return lambda v: cell._apply_J(d, v) - v
+        return lambda v: cell.jvp(x, u, v) - v
+
+    def jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        J = self.cell.jacobian(x, self.u)
+        idx = torch.arange(J.shape[-1], device=J.device)
+        J[:, idx, idx] -= 1.0
+        return J
+
+
+def _q(g: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (g * g).sum(-1)
+
+
+# ----------------------------------------------------------------------------------
+# building blocks: first-order descent, GMRES, damped direct solves, line search
+# ----------------------------------------------------------------------------------
+def _adam(system: _System, x: torch.Tensor, steps: int, lr: float):
+    """Adam on q for every candidate at once (per-coordinate, per-candidate step sizes).
+
+    Returns the best state each candidate visited, its ``G`` and ``q``.
+    """
+    g, q, grad = system.value_and_grad(x)
+    best_x, best_g, best_q = x, g, q
+    m = torch.zeros_like(x)
+    v = torch.zeros_like(x)
+    b1, b2 = 0.9, 0.999
+    for t in range(1, steps + 1):
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (v / (1 - b2**t)).sqrt_().add_(1e-300)
+        x = x - (lr / (1 - b1**t)) * m / denom
+        g, q, grad = system.value_and_grad(x)
+        better = q < best_q
+        best_x = torch.where(better[:, None], x, best_x)
+        best_g = torch.where(better[:, None], g, best_g)
+        best_q = torch.where(better, q, best_q)
+    return best_x, best_g, best_q
+
+
+def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor) -> torch.Tensor:
+    """Batched GMRES (x0 = 0, no restart): solve ``A x = b`` for every row of ``b`` [n, S].
+
+    Arnoldi with classical Gram-Schmidt (a second pass when cancellation is
+    severe, the DGKS test), Givens rotations per row; stops when every row's residual is below ``rtol`` [n] (relative) or
+    after ``m`` products.
+    """
+    n, S = b.shape
+    m = max(1, min(m, S))
+    beta = b.norm(dim=1)
+    safe = torch.where(beta > 0, beta, torch.ones_like(beta))
+    V = b.new_zeros(n, m + 1, S)
+    R = b.new_zeros(n, m, m)
+    cs = b.new_zeros(n, m)
+    sn = b.new_zeros(n, m)
+    e = b.new_zeros(n, m + 1)
+    e[:, 0] = beta
+    V[:, 0] = b / safe[:, None]
+    k = m
+    for j in range(m):
+        w = apply(V[:, j])
+        basis = V[:, : j + 1]
+        wn = w.norm(dim=1)
+        h = torch.bmm(basis, w[:, :, None])[:, :, 0]
+        w = w - torch.bmm(h[:, None, :], basis)[:, 0]
+        hn = w.norm(dim=1)
+        if bool((hn < 0.7 * wn).any()):  # DGKS: orthogonalise again where cancellation was severe
+            h2 = torch.bmm(basis, w[:, :, None])[:, :, 0]
+            w = w - torch.bmm(h2[:, None, :], basis)[:, 0]
+            h = h + h2
+            hn = w.norm(dim=1)
+        V[:, j + 1] = w / torch.where(hn > 0, hn, torch.ones_like(hn))[:, None]
+        col = torch.cat([h, hn[:, None]], dim=1)
+        for i in range(j):
+            a, c = col[:, i].clone(), col[:, i + 1].clone()
+            col[:, i] = cs[:, i] * a + sn[:, i] * c
+            col[:, i + 1] = -sn[:, i] * a + cs[:, i] * c
+        a, c = col[:, j], col[:, j + 1]
+        r = torch.hypot(a, c)
+        rs = torch.where(r > 0, r, torch.ones_like(r))
+        cs[:, j] = torch.where(r > 0, a / rs, torch.ones_like(r))
+        sn[:, j] = torch.where(r > 0, c / rs, torch.zeros_like(r))
+        R[:, : j + 1, j] = col[:, : j + 1]
+        R[:, j, j] = r
+        e[:, j + 1] = -sn[:, j] * e[:, j]
+        e[:, j] = cs[:, j] * e[:, j]
+        if bool((e[:, j + 1].abs() <= rtol * beta).all()):
+            k = j + 1
+            break
+    Rk = R[:, :k, :k]
+    # a zero on the diagonal (happy breakdown of an exactly solved row) must not poison the solve
+    diag = torch.diagonal(Rk, dim1=1, dim2=2)
+    fix = diag == 0
+    if bool(fix.any()):
+        Rk = Rk.clone()
+        torch.diagonal(Rk, dim1=1, dim2=2)[fix] = 1.0
+    y = torch.linalg.solve_triangular(Rk, e[:, :k, None], upper=True)[:, :, 0]
+    return torch.bmm(y[:, None, :], V[:, :k])[:, 0]
+
+
+def _damped_solve(A: torch.Tensor, g: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Newton (``mu == 0``: ``A dx = -g`` by LU) or Levenberg-Marquardt (``(A^T A + mu I) dx = -A^T g``).
+
+    Rows whose system is singular come back as NaN (the line search then rejects them).
+    """
+    dx = torch.full_like(g, float("nan"))
+    newton = mu == 0
+    if bool(newton.any()):
+        idx = newton.nonzero()[:, 0]
+        sol, info = torch.linalg.solve_ex(A[idx], -g[idx])
+        sol[info != 0] = float("nan")
+        dx[idx] = sol
+    if bool((~newton).any()):
+        idx = (~newton).nonzero()[:, 0]
+        At = A[idx].transpose(1, 2)
+        M = At @ A[idx]
+        M.diagonal(dim1=1, dim2=2).add_(mu[idx, None])
+        L, info = torch.linalg.cholesky_ex(M)
+        sol = torch.cholesky_solve(-(At @ g[idx, :, None]), L)[:, :, 0]
+        sol[info != 0] = float("nan")
+        dx[idx] = sol
+    return dx
+
+
+_LADDER = 10  # step lengths 1/2 .. 1/1024 tried after a rejected full step
+
+
+def _line_search(system: _System, x: torch.Tensor, dx: torch.Tensor, q: torch.Tensor):
+    """Per-candidate backtracking on q: the longest of 1, 1/2, ..., 1/1024 with sufficient decrease.
+
+    Returns ``(x_new, g_new, q_new, t)``; ``t = 0`` (and ``x`` unchanged) where no step length works.
+    """
+    c = 1e-4
+    finite = torch.isfinite(dx).all(dim=1)
+    dx = torch.where(finite[:, None], dx, torch.zeros_like(dx))
+    xt = x + dx
+    gt = system.G(xt)
+    qt = _q(gt)
+    ok = finite & (qt <= (1 - 2 * c) * q)
+    t = torch.where(ok, torch.ones_like(q), torch.zeros_like(q))
+    bad = (~ok & finite).nonzero()[:, 0]
+    if bad.numel():
+        steps = 0.5 ** torch.arange(1, _LADDER + 1, dtype=x.dtype, device=x.device)
+        xb = x[bad, None, :] + steps[None, :, None] * dx[bad, None, :]
+        sub = system.sub(bad).repeat(_LADDER)
+        gb = sub.G(xb.reshape(-1, x.shape[1])).reshape(bad.numel(), _LADDER, -1)
+        qb = _q(gb)
+        okb = qb <= (1 - 2 * c * steps[None, :]) * q[bad, None]
+        anyb = okb.any(dim=1)
+        first = torch.where(anyb, okb.to(torch.int8).argmax(dim=1), torch.zeros_like(bad))
+        rows = torch.arange(bad.numel(), device=x.device)
+        sel = bad[anyb]
+        xt[sel] = xb[rows, first][anyb]
+        gt[sel] = gb[rows, first][anyb]
+        qt[sel] = qb[rows, first][anyb]
+        t[sel] = steps[first][anyb]
+    rejected = t == 0
+    xt = torch.where(rejected[:, None], x, xt)
+    return xt, gt, torch.where(rejected, q, qt), t
+
+
+# ----------------------------------------------------------------------------------
+# deduplication
+# ----------------------------------------------------------------------------------
+def _components(n: int, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Connected components of an undirected graph on ``n`` nodes with edges (i, j): the smallest node of each."""
+    label = torch.arange(n, device=i.device)
+    if i.numel() == 0:
+        return label
+    src = torch.cat([i, j])
+    dst = torch.cat([j, i])
+    while True:
+        new = label.scatter_reduce(0, dst, label[src], reduce="amin")
+        new = new[new]  # pointer jumping: halve the remaining path lengths
+        if bool((new == label).all()):
+            return label
+        label = new
+
+
+def deduplicate(states: torch.Tensor, q: torch.Tensor, tol: float, groups: torch.Tensor | None = None,
+                block: int = 1024):
+    """Merge states that agree to ``tol`` (sup norm), keeping the lowest-``q`` one of each cluster.
+
+    States are hashed onto a grid of side ``tol``; grid cells whose lowest-q
+    states are within ``2 tol`` (sup norm, computed exactly, in blocks) are
+    joined, and clusters are the connected components of that relation. States
+    in different ``groups`` (e.g. input conditions) are never merged. Cost:
+    O(n S log n) for the grid plus O(C^2 S) for the C occupied cells.
+
+    Returns ``(representatives [K], assignment [n])``: indices into ``states``
+    of the kept states (sorted by first occurrence) and, for every state, the
+    index (0..K-1) of its representative.
+    """
+    n = states.shape[0]
+    dev = states.device
+    if n == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return empty, empty
+    if not tol > 0:
+        raise InputError(f"deduplication tolerance must be > 0; got {tol}")
+    key = torch.floor(states / tol)
+    if groups is not None:
+        key = torch.cat([groups.to(key.dtype)[:, None], key], dim=1)
+    _, cell_of = torch.unique(key, dim=0, return_inverse=True)
+    C = int(cell_of.max()) + 1
+    big = torch.finfo(q.dtype).max
+    qq = torch.nan_to_num(q, nan=big)
+    best = torch.full((C,), big, dtype=q.dtype, device=dev).scatter_reduce(0, cell_of, qq, reduce="amin")
+    idx = torch.arange(n, device=dev)
+    is_best = qq <= best[cell_of]
+    rep_of_cell = torch.full((C,), n, dtype=torch.long, device=dev).scatter_reduce(
+        0, cell_of, torch.where(is_best, idx, torch.full_like(idx, n)), reduce="amin")
+    R = states[rep_of_cell]
+    Rg = None if groups is None else groups[rep_of_cell]
+    ei, ej = [], []
+    for s in range(0, C, block):
+        d = (R[s:s + block, None, :] - R[None, :, :]).abs().amax(dim=-1)
+        near = d <= 2 * tol
+        if Rg is not None:
+            near &= Rg[s:s + block, None] == Rg[None, :]
+        a, b = near.nonzero(as_tuple=True)
+        keep = a + s < b
+        ei.append(a[keep] + s)
+        ej.append(b[keep])
+    comp = _components(C, torch.cat(ei), torch.cat(ej))
+    _, cluster_of_cell = torch.unique(comp, return_inverse=True)
+    cluster = cluster_of_cell[cell_of]
+    K = int(cluster.max()) + 1
+    cbest = torch.full((K,), big, dtype=q.dtype, device=dev).scatter_reduce(0, cluster, qq, reduce="amin")
+    first_best = torch.full((K,), n, dtype=torch.long, device=dev).scatter_reduce(
+        0, cluster, torch.where(qq <= cbest[cluster], idx, torch.full_like(idx, n)), reduce="amin")
+    # number clusters by the first occurrence of any member
+    first_member = torch.full((K,), n, dtype=torch.long, device=dev).scatter_reduce(0, cluster, idx, reduce="amin")
+    order = torch.argsort(first_member)
+    renumber = torch.empty_like(order)
+    renumber[order] = torch.arange(K, device=dev)
+    return first_best[order], renumber[cluster]
+
+
+# ----------------------------------------------------------------------------------
+# the solver
+# ----------------------------------------------------------------------------------
+def _inputs_for(cell: Cell, u_star, n: int) -> torch.Tensor | None:
+    if cell.n_inputs == 0:
+        if u_star is not None and torch.as_tensor(u_star).numel() != 0:
+            raise InputError(f"the model takes no inputs but an input u* of shape "
+                             f"{list(torch.as_tensor(u_star).shape)} was given; drop --input")
+        return None
+    if u_star is None:
+        return torch.zeros(n, cell.n_inputs, dtype=cell.dtype, device=cell.device)
+    u = as_tensor(u_star, dtype=cell.dtype, device=cell.device)
+    if u.dim() == 1:
+        u = u[None, :]
+    if u.dim() != 2 or u.shape[1] != cell.n_inputs or u.shape[0] not in (1, n):
+        raise InputError(f"the constant input u* must have shape [{cell.n_inputs}] or [n={n}, {cell.n_inputs}]; "
+                         f"got {list(u.shape)} (--input)")
+    if not bool(torch.isfinite(u).all()):
+        raise InputError("the constant input u* has non-finite values (--input)")
+    return u.expand(n, cell.n_inputs).clone()
+
+
+def find_fixed_points(
+    cell: Cell,
+    u_star,
+    initial_states,
+    *,
+    tol: float = 1e-12,
+    slow_tol: float = 1e-6,
+    max_iter: int = 100,
+    warmup_steps: int = 25,
+    warmup_lr: float = 0.1,
+    first_order_steps: int = 100,
+    first_order_lr: float = 0.01,
+    krylov_dim: int = 12,
+    direct_max: int = 64,
+    merge_tol: float = 1e-3,
+    dedupe_tol: float = 1e-6,
+    patience: int = 8,
+    verify_steps: int = 12,
+    groups=None,
+    progress=None,
+) -> FixedPointSet:
+    """Fixed and slow points of ``h -> cell.step(h, u*)`` from a batch of initial states.
+
+    ``find_fixed_points(cell, u_star, initial_states, *, tol=1e-12, slow_tol=1e-6, max_iter=100, ...)``
+
+    Returns a :class:`FixedPointSet`. A candidate is a fixed point when
+    ``q = 1/2 ||F(h, u*) - h||^2 <= tol``, a slow point when ``q <= slow_tol``,
+    and unconverged otherwise; unconverged candidates never become points.
+    Fixed points are polished to round-off (q ~ 1e-25 for tanh nets of a few
+    hundred units in float64), not just to ``tol``.
+
+    Arguments:
+        cell: any :class:`~rnnprobe.cells.Cell` (Elman, GRU, LSTM state [h, c], user cells);
+            its dtype/device are used (use float64).
+        u_star: the constant input: ``None`` (zero), ``[n_inputs]``, or
+            ``[n, n_inputs]`` (one per candidate; see ``groups``).
+        initial_states: ``[n, n_state]`` candidates (tensor or array).
+        tol, slow_tol: the q thresholds of the labels.
+        max_iter: Newton iterations per candidate (a cap; typical runs need 5-10).
+        warmup_steps, warmup_lr: Adam steps on q for every candidate before
+            Newton, with learning rate ``warmup_lr * scale``. They pull noisy
+            candidates onto the slow manifold, which widens the Newton basins
+            of saddle points (0 turns the warm start off).
+        first_order_steps, first_order_lr: Adam steps for candidates whose
+            Newton / Levenberg-Marquardt iteration stalls (``patience``
+            rejected steps in a row), once per candidate.
+        krylov_dim: GMRES dimension of the matrix-free Newton steps.
+        direct_max: at most this many active candidates use explicit Jacobians
+            (LU; Levenberg-Marquardt after a rejected step); more use GMRES.
+            State sizes up to ``2 * krylov_dim`` always use explicit Jacobians.
+        merge_tol: candidates whose full Newton steps have shrunk below
+            ``merge_tol * scale`` (sup norm) and settle within that distance
+            of each other are merged: one continues, the others wait and are
+            verified at the end by chord iterations with the converged point's
+            Jacobian (failures are un-merged and solved on their own). 0 turns
+            merging off.
+        dedupe_tol: final deduplication tolerance, relative to ``scale``.
+        groups: ``[n]`` integer condition of each candidate; points of different
+            groups are never merged (use with per-candidate inputs).
+        progress: an object with ``start(desc, total)``, ``advance()``, ``stop()``.
+
+    The state scale is ``max(RMS(initial states), RMS(F(initial states)))``.
+    """
+    if not (tol > 0 and slow_tol >= tol):
+        raise InputError(f"tolerances must satisfy 0 < tol <= slow_tol; got tol={tol}, slow_tol={slow_tol} "
+                         "(--tol, --slow-tol)")
+    x = as_tensor(initial_states, dtype=cell.dtype, device=cell.device, detach=True)
+    if x.dim() != 2 or x.shape[1] != cell.n_state:
+        raise InputError(f"initial states must be [n, n_state={cell.n_state}]; got shape {list(x.shape)} (--init)")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("initial states contain non-finite values (--init)")
+    n, S = x.shape
+    dev, dt = x.device, x.dtype
+    U = _inputs_for(cell, u_star, n)
+    grp = (torch.zeros(n, dtype=torch.long, device=dev) if groups is None
+           else torch.as_tensor(groups, dtype=torch.long, device=dev).reshape(-1))
+    if grp.shape[0] != n:
+        raise InputError(f"groups must have one entry per candidate (n={n}); got {grp.shape[0]}")
+    stats = {"n_candidates": n, "warmup_steps": warmup_steps, "newton_iterations": 0, "krylov_steps": 0,
+             "direct_steps": 0, "merged": 0, "merge_verified": 0, "merge_rejected": 0, "first_order": 0}
+    if n == 0:
+        z = torch.zeros(0, dtype=torch.long, device=dev)
+        return FixedPointSet(x.new_zeros(0, S), x.new_zeros(0), z.to(torch.int8), z,
+                             x.new_zeros(0, cell.n_inputs), z, x, x.new_zeros(0), z.to(torch.int8), z, 1.0, stats)
+    system = _System(cell, U)
+    with torch.no_grad():
+        Fx = cell.step(x, U)
+    scale = float(max(x.pow(2).mean().sqrt(), Fx.pow(2).mean().sqrt(), torch.finfo(dt).tiny ** 0.25))
+    if progress is not None:
+        progress.start("fixed points", max_iter)
+
+    # 1. warm start: a few first-order steps on q for everyone
+    if warmup_steps > 0:
+        x, g, q = _adam(system, x, warmup_steps, warmup_lr * scale)
+    else:
+        g = Fx - x
+        q = _q(g)
+    x, g, q = x.detach(), g.detach(), q.detach()
+
+    # 2. per-candidate damped Newton
+    eps = torch.finfo(dt).eps
+    q_floor = 0.5 * S * (64 * eps * scale) ** 2  # about the round-off level of q
+    state = torch.full((n,), _ACTIVE, dtype=torch.int8, device=dev)
+    leader = torch.full((n,), -1, dtype=torch.long, device=dev)
+    mu = torch.zeros(n, dtype=dt, device=dev)
+    fails = torch.zeros(n, dtype=torch.long, device=dev)
+    direct = torch.zeros(n, dtype=torch.bool, device=dev)
+    no_merge = torch.zeros(n, dtype=torch.bool, device=dev)
+    first_order_done = torch.zeros(n, dtype=torch.bool, device=dev)
+    last_step = torch.full((n,), float("inf"), dtype=dt, device=dev)
+    iters = torch.zeros(n, dtype=torch.long, device=dev)
+    q_check = q.clone()  # q at the last progress check (every `patience` iterations)
+    check_at = torch.full((n,), patience, dtype=torch.long, device=dev)
+    state[q <= q_floor] = _DONE
+
+    def newton_pass():
+        nonlocal x, g, q, q_check, check_at
+        while True:
+            act = ((state == _ACTIVE) & (iters < max_iter)).nonzero()[:, 0]
+            state[(state == _ACTIVE) & (iters >= max_iter)] = _DONE
+            if act.numel() == 0:
+                return
+            stats["newton_iterations"] += 1
+            stats.setdefault("active", []).append(int(act.numel()))
+            if progress is not None:
+                progress.advance()
+            all_direct = act.numel() <= direct_max or S <= 2 * krylov_dim
+            use_direct = direct[act] | all_direct
+            for sel, method in ((act[use_direct], "direct"), (act[~use_direct], "krylov")):
+                if sel.numel() == 0:
+                    continue
+                sub = system.sub(sel)
+                xs, gs, qs = x[sel], g[sel], q[sel]
+                if method == "krylov":
+                    eta = torch.clamp(gs.norm(dim=1) / scale, max=0.1)
+                    dx = _gmres(sub.operator(xs), -gs, krylov_dim, eta)
+                    stats["krylov_steps"] += int(sel.numel())
+                else:
+                    A = sub.jacobian(xs)
+                    dx = _damped_solve(A, gs, mu[sel])
+                    stats["direct_steps"] += int(sel.numel())
+                xn, gn, qn, t = _line_search(sub, xs, dx, qs)
+                iters[sel] += 1
+                ok = t > 0
+                step = (dx.abs().amax(dim=1) * t)
+                x[sel], g[sel], q[sel] = xn, gn, qn
+                # damping: relax after a success, tighten after a rejection
+                if method == "direct":
+                    A_scale = (A * A).sum(dim=(1, 2)) / S
+                    mu0 = 1e-10 * A_scale
+                    m_new = torch.where(ok, mu[sel] / 8, torch.maximum(mu[sel] * 8, mu0))
+                    mu[sel] = torch.where(m_new < mu0, torch.zeros_like(m_new), m_new)
+                else:
+                    direct[sel[~ok]] = True
+                fails[sel] = torch.where(ok, torch.zeros_like(fails[sel]), fails[sel] + 1)
+                done = (qn <= q_floor) | ((qn <= tol) & (~ok | (step <= 16 * eps * scale)))
+                state[sel[done]] = _DONE
+                # merging: full steps that have become small and keep shrinking
+                if merge_tol > 0:
+                    settle = ok & (t == 1) & (step <= merge_tol * scale) & (step <= 0.5 * last_step[sel]) \
+                        & ~no_merge[sel] & ~done
+                    _merge(sel[settle])
+                last_step[sel] = torch.where(ok, step, last_step[sel])
+            # no real progress (q down by less than 1 %) over the last `patience` iterations: stalled too
+            due = (state == _ACTIVE) & (iters >= check_at)
+            slow = due & (q > tol) & (q > 0.99 * q_check)
+            q_check = torch.where(due, q, q_check)
+            check_at = torch.where(due, iters + patience, check_at)
+            stalled = ((state == _ACTIVE) & ((fails >= patience) | slow)).nonzero()[:, 0]
+            if stalled.numel():
+                again = stalled[~first_order_done[stalled]]
+                state[stalled[first_order_done[stalled]]] = _DONE
+                if again.numel() and first_order_steps > 0:
+                    stats["first_order"] += int(again.numel())
+                    xa, ga, qa = _adam(system.sub(again), x[again], first_order_steps, first_order_lr * scale)
+                    x[again], g[again], q[again] = xa.detach(), ga.detach(), qa.detach()
+                    first_order_done[again] = True
+                    fails[again] = 0
+                    mu[again] = 0
+                    last_step[again] = float("inf")
+                    q_check[again] = q[again]
+                    check_at[again] = iters[again] + patience
+                elif again.numel():
+                    state[again] = _DONE
+
+    def _merge(settling: torch.Tensor):
+        if settling.numel() < 1:
+            return
+        done_leaders = ((state == _DONE) & (leader < 0) & (q <= tol)).nonzero()[:, 0]
+        pool = torch.cat([settling, done_leaders])
+        if pool.numel() < 2:
+            return
+        reps, assign = deduplicate(x[pool], q[pool], merge_tol * scale, grp[pool])
+        rep_global = pool[reps[assign]]
+        mine = rep_global[: settling.numel()]
+        follow = mine != settling
+        if bool(follow.any()):
+            f = settling[follow]
+            state[f] = _FOLLOWER
+            leader[f] = mine[follow]
+            stats["merged"] += int(f.numel())
+
+    def verify():
+        """Chord iterations of each follower with its leader's Jacobian; returns how many were rejected."""
+        nonlocal x, g, q
+        fol = (state == _FOLLOWER).nonzero()[:, 0]
+        if fol.numel() == 0:
+            return 0
+        # leaders may themselves have been merged later: follow the chain to its root
+        root = leader.clone()
+        while True:
+            nxt = torch.where(root >= 0, root, torch.zeros_like(root))
+            chained = (root >= 0) & (state[nxt] == _FOLLOWER)
+            if not bool(chained.any()):
+                break
+            root = torch.where(chained, leader[nxt], root)
+        r = root[fol]
+        roots, which = torch.unique(r, return_inverse=True)
+        good_root = q[roots] <= tol
+        A = system.sub(roots).jacobian(x[roots])
+        Minv, info = torch.linalg.inv_ex(A)
+        good_root &= (info == 0) & torch.isfinite(Minv).all(dim=(1, 2))
+        y = x[fol].clone()
+        sub = system.sub(fol)
+        order = torch.argsort(which)
+        bounds = torch.searchsorted(which[order], torch.arange(roots.numel() + 1, device=dev))
+        ok = good_root[which].clone()
+        gy = sub.G(y)
+        qy = _q(gy)
+        for _ in range(verify_steps):
+            moving = ok & (qy > q_floor)
+            if not bool(moving.any()):
+                break
+            corr = torch.zeros_like(y)
+            for k in good_root.nonzero()[:, 0].tolist():
+                rows = order[bounds[k]:bounds[k + 1]]
+                corr[rows] = gy[rows] @ Minv[k].T
+            y = torch.where(moving[:, None], y - corr, y)
+            ok &= torch.isfinite(y).all(dim=1)
+            gy = sub.G(y)
+            qy = _q(gy)
+        close = (y - x[roots[which]]).abs().amax(dim=1) <= dedupe_tol * scale
+        ok &= close & (qy <= tol)
+        acc = fol[ok]
+        x[acc], g[acc], q[acc] = y[ok], gy[ok], qy[ok]
+        state[acc] = _DONE
+        leader[acc] = roots[which[ok]]
+        rej = fol[~ok]
+        state[rej] = _ACTIVE
+        no_merge[rej] = True
+        leader[rej] = -1
+        iters[rej] = torch.minimum(iters[rej], torch.full_like(iters[rej], max(max_iter - 20, 0)))
+        stats["merge_verified"] += int(acc.numel())
+        stats["merge_rejected"] += int(rej.numel())
+        return int(rej.numel())
+
+    with torch.no_grad():
+        while True:
+            newton_pass()
+            if verify() == 0:
+                break
+    if progress is not None:
+        progress.stop()
+
+    # 3. labels, distinct points, counts
+    labels = torch.full((n,), UNCONVERGED, dtype=torch.int8, device=dev)
+    labels[q <= slow_tol] = SLOW
+    labels[q <= tol] = FIXED
+    labels[~torch.isfinite(q)] = UNCONVERGED
+    conv = (labels != UNCONVERGED).nonzero()[:, 0]
+    point = torch.full((n,), -1, dtype=torch.long, device=dev)
+    if conv.numel():
+        reps, assign = deduplicate(x[conv], q[conv], dedupe_tol * scale, grp[conv])
+        K = reps.numel()
+        counts = torch.bincount(assign, minlength=K)
+        rep_global = conv[reps]
+        # fixed before slow, then by group, then by decreasing count
+        lab = labels[rep_global].long()
+        key = (lab * (grp.max() + 1) + grp[rep_global]) * (n + 1) + (n - counts)
+        order = torch.argsort(key, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(K, device=dev)
+        point[conv] = rank[assign]
+        rep_global, counts = rep_global[order], counts[order]
+    else:
+        rep_global = torch.zeros(0, dtype=torch.long, device=dev)
+        counts = torch.zeros(0, dtype=torch.long, device=dev)
+    u_pts = (U[rep_global] if U is not None
+             else x.new_zeros(rep_global.numel(), 0))
+    stats["max_newton_iterations"] = int(iters.max()) if n else 0
+    return FixedPointSet(
+        states=x[rep_global].clone(), q=q[rep_global].clone(), labels=labels[rep_global].clone(),
+        counts=counts, inputs=u_pts, groups=grp[rep_global].clone(),
+        candidate_states=x, candidate_q=q, candidate_labels=labels, candidate_point=point,
+        scale=scale, stats=stats,
+    )
+
+
+# ----------------------------------------------------------------------------------
+# linearisation
+# ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Linearization:
+    """The linearised map at a batch of points.
+
+    Attributes:
+        jacobians: ``[K, S, S]``, ``J = dF/dh``.
+        input_jacobians: ``[K, S, n_inputs]``, ``B = dF/du``.
+        eigenvalues: ``[K, S]`` complex, sorted by decreasing modulus (ties:
+            conjugate pairs with the positive imaginary part first).
+        eigenvectors: ``[K, S, S]`` complex, columns matching ``eigenvalues``, or None.
+    """
+
+    jacobians: torch.Tensor
+    input_jacobians: torch.Tensor
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor | None
+
+
+def _eig_batched(J: torch.Tensor, vectors: bool):
+    """torch.linalg.eig / eigvals over a batch; on CPU split over a few threads (LAPACK's
+    geev runs one small matrix on one core, and torch's batch loop is serial)."""
+    fn = torch.linalg.eig if vectors else torch.linalg.eigvals
+    K = J.shape[0]
+    workers = min(K, max(1, torch.get_num_threads()))
+    if J.device.type != "cpu" or workers < 2 or K < 4:
+        return fn(J)
+    chunks = torch.tensor_split(J, workers)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(fn, chunks))
+    if vectors:
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat(parts)
+
+
+def _sort_spectrum(lam: torch.Tensor, V: torch.Tensor | None):
+    """Sort by decreasing modulus, then increasing |arg|, then decreasing imaginary part."""
+    mod = lam.abs()
+    # a lexicographic key in one float: modulus to ~1e-12 relative, then angle, then sign of imag
+    rmod = torch.round(mod * 1e12) / 1e12
+    ang = lam.angle().abs()
+    key = torch.stack([-rmod, ang, -lam.imag], dim=-1)
+    order = torch.arange(lam.shape[-1], device=lam.device).expand(lam.shape).clone()
+    for c in (2, 1, 0):  # stable sorts from the least significant key
+        k = torch.gather(key[..., c], -1, order)
+        o = torch.argsort(k, dim=-1, stable=True)
+        order = torch.gather(order, -1, o)
+    lam = torch.gather(lam, -1, order)
+    if V is not None:
+        V = torch.gather(V, -1, order[..., None, :].expand(V.shape))
+    return lam, V
+
+
+def linearize(cell: Cell, states, u=None, *, eigenvectors: bool = True) -> Linearization:
+    """Jacobians, input Jacobians and spectra of ``cell`` at ``states`` [K, S].
+
+    ``linearize(cell, states, u=None, *, eigenvectors=True) -> Linearization``
+
+    ``u`` is ``None`` (zero input), ``[n_inputs]`` or ``[K, n_inputs]``.
+    Eigenvalues are sorted by decreasing modulus. Cost: one Jacobian and one
+    dense eigendecomposition per point, so call it on distinct points only.
+    """
+    x = as_tensor(states, dtype=cell.dtype, device=cell.device, detach=True)
+    if x.dim() != 2 or x.shape[1] != cell.n_state:
+        raise InputError(f"states must be [K, n_state={cell.n_state}]; got shape {list(x.shape)}")
+    K = x.shape[0]
+    U = _inputs_for(cell, u, K) if K else None
+    with torch.no_grad():
+        J = cell.jacobian(x, U) if K else x.new_zeros(0, cell.n_state, cell.n_state)
+        B = cell.input_jacobian(x, U) if K else x.new_zeros(0, cell.n_state, cell.n_inputs)
+    if K == 0:
+        lam = torch.zeros(0, cell.n_state, dtype=torch.complex128 if x.dtype == torch.float64 else torch.complex64,
+                          device=x.device)
+        return Linearization(J, B, lam, lam.new_zeros(0, cell.n_state, cell.n_state) if eigenvectors else None)
+    if eigenvectors:
+        lam, V = _eig_batched(J, True)
+    else:
+        lam, V = _eig_batched(J, False), None
+    lam, V = _sort_spectrum(lam, V)
+    return Linearization(J, B, lam, V)
+
+
+def classify(eigenvalues: torch.Tensor, marginal_tol: float):
+    """Stability of each point from its eigenvalues ``[K, S]``.
+
+    ``n_unstable`` counts ``|lambda| > 1 + marginal_tol``, ``n_marginal`` counts
+    ``| |lambda| - 1 | <= marginal_tol`` (an estimate of the dimension of a
+    continuous attractor through the point). The code is :data:`SADDLE` when
+    some but not all directions are unstable, :data:`UNSTABLE` when all are,
+    else :data:`MARGINAL` when some are marginal, else :data:`STABLE`.
+
+    Returns ``(codes int8 [K], n_unstable [K], n_marginal [K])``.
+    """
+    mod = eigenvalues.abs()
+    n_unstable = (mod > 1 + marginal_tol).sum(-1)
+    n_marginal = ((mod - 1).abs() <= marginal_tol).sum(-1)
+    S = eigenvalues.shape[-1]
+    codes = torch.full(n_unstable.shape, STABLE, dtype=torch.int8, device=eigenvalues.device)
+    codes[n_marginal > 0] = MARGINAL
+    codes[n_unstable > 0] = SADDLE
+    codes[n_unstable == S] = UNSTABLE
+    return codes, n_unstable, n_marginal
+
+
+def time_constants(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """``tau = -1 / log|lambda|`` in steps: positive for decaying modes, negative for
+    growing ones, infinite on the unit circle, 0 for ``lambda = 0``."""
+    mod = eigenvalues.abs()
+    with np.errstate(divide="ignore"):
+        return torch.where(mod == 1, torch.full_like(mod, float("inf")), -1.0 / torch.log(mod))
+
+
+# ----------------------------------------------------------------------------------
+# memory basis (variable-binding view): J = Xi Phi Xi^+
+# ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class MemoryBasis:
+    """``J = Xi Phi Xi^+`` at each point, with what the inputs write and the readout reads.
+
+    Attributes:
+        kind: ``eigen``, ``schur`` or ``file``.
+        Xi: ``[K, S, m]`` basis (columns: the memory directions, unit norm).
+        Xi_pinv: ``[K, m, S]`` its (pseudo-)inverse.
+        Phi: ``[K, m, m]`` the interaction of the memories, ``Xi^+ J Xi``.
+        input_map: ``[K, m, n_inputs]`` ``Xi^+ B``: which subspaces each input writes into.
+        readout_map: ``[K, n_outputs, m]`` ``R Xi`` with ``R`` the readout Jacobian.
+        condition: ``[K]`` 1-norm condition number of ``Xi`` (1 for Schur).
+        reconstruction_error: ``[K]`` ``||Xi Phi Xi^+ - J||_F / ||J||_F`` (for a
+            partial user basis: the part of J outside its span).
+    """
+
+    kind: str
+    Xi: torch.Tensor
+    Xi_pinv: torch.Tensor
+    Phi: torch.Tensor
+    input_map: torch.Tensor
+    readout_map: torch.Tensor
+    condition: torch.Tensor
+    reconstruction_error: torch.Tensor
+
+
+def real_eigen_basis(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor) -> torch.Tensor:
+    """The real basis of eigen-blocks: ``v`` for a real eigenvalue, ``[Re v, Im v]`` for a
+    conjugate pair (taken from the member with positive imaginary part, its phase chosen so
+    that ``Re v`` and ``Im v`` are orthogonal), in the order of ``eigenvalues``; unit columns.
+
+    ``eigenvalues`` [K, S] complex (exact conjugate pairs, as LAPACK returns them for a real
+    matrix), ``eigenvectors`` [K, S, S] -> ``Xi`` [K, S, S] real. In this basis ``J`` is
+    block diagonal with 1x1 blocks ``lambda`` and 2x2 blocks ``[[a, b], [-b, a]]``.
+    """
+    K, S = eigenvalues.shape
+    V = eigenvectors
+    # phase: v -> v exp(-i arg(v^T v) / 2) makes Re v orthogonal to Im v
+    vtv = (V * V).sum(dim=1)
+    V = V * torch.exp(-0.5j * torch.angle(vtv))[:, None, :]
+    imag = eigenvalues.imag
+    keep = imag >= 0
+    width = torch.where(imag > 0, 2, 1) * keep
+    start = torch.cumsum(width, dim=-1) - width
+    total = width.sum(-1)
+    if bool((total != S).any()):
+        raise InputError("the Jacobian's eigenvalues are not in exact conjugate pairs; use --basis schur")
+    Xi = torch.zeros(K, S, S, dtype=V.real.dtype, device=V.device)
+    k, e = keep.nonzero(as_tuple=True)
+    Xi[k, :, start[k, e]] = V.real[k, :, e]
+    cplx = imag[k, e] > 0
+    kc, ec = k[cplx], e[cplx]
+    Xi[kc, :, start[kc, ec] + 1] = V.imag[kc, :, ec]
+    # real eigenvalues: their eigenvector is real up to a global phase; the phase step made it real
+    norms = Xi.norm(dim=1, keepdim=True)
+    return Xi / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def _schur_bases(J: torch.Tensor):
+    import scipy.linalg
+
+    Q, T = [], []
+    for Jk in J.detach().cpu().numpy():  # one dense factorisation per distinct point
+        Tk, Qk = scipy.linalg.schur(Jk, output="real")
+        Q.append(Qk)
+        T.append(Tk)
+    to = dict(dtype=J.dtype, device=J.device)
+    return torch.as_tensor(np.array(Q), **to), torch.as_tensor(np.array(T), **to)
+
+
+def memory_basis(J: torch.Tensor, B: torch.Tensor, R: torch.Tensor | None, basis="eigen", *,
+                 eigenvalues: torch.Tensor | None = None, eigenvectors: torch.Tensor | None = None) -> MemoryBasis:
+    """Decompose each Jacobian as ``J = Xi Phi Xi^+`` (the memory basis of the variable-binding view).
+
+    ``memory_basis(J [K,S,S], B [K,S,d], R [K,d_out,S] or None, basis="eigen"|"schur"|Xi [S,m])``
+
+    ``eigen`` uses the real eigen-blocks of J (:func:`real_eigen_basis`; pass
+    the sorted ``eigenvalues``/``eigenvectors`` of :func:`linearize` to avoid
+    recomputing them), ``schur`` the real Schur vectors (Phi quasi-triangular),
+    and an array ``Xi`` [S, m] a user basis (``Xi^+`` its pseudo-inverse).
+    """
+    K, S, _ = J.shape
+    dt, dev = J.dtype, J.device
+    if isinstance(basis, str) and basis == "eigen":
+        if eigenvalues is None or eigenvectors is None:
+            lam, V = _sort_spectrum(*torch.linalg.eig(J))
+        else:
+            lam, V = eigenvalues, eigenvectors
+        Xi = real_eigen_basis(lam, V) if K else J.new_zeros(0, S, S)
+        Xi_pinv, info = torch.linalg.inv_ex(Xi) if K else (Xi, None)
+        if info is not None and bool((info != 0).any()):
+            bad = int((info != 0).nonzero()[0, 0])
+            raise InputError(f"the eigenvectors of the Jacobian at point {bad} are linearly dependent "
+                             "(a defective Jacobian); use --basis schur")
+        kind = "eigen"
+    elif isinstance(basis, str) and basis == "schur":
+        if K:
+            Xi, _ = _schur_bases(J)
+        else:
+            Xi = J.new_zeros(0, S, S)
+        Xi_pinv = Xi.transpose(1, 2)
+        kind = "schur"
+    else:
+        X = as_tensor(basis, dtype=dt, device=dev, detach=True)
+        if X.dim() != 2 or X.shape[0] != S or X.shape[1] < 1:
+            raise InputError(f"a basis file must hold one [n_state={S}, m] matrix; got shape {list(X.shape)} (--basis)")
+        Xi = X.expand(K, S, X.shape[1])
+        Xi_pinv = torch.linalg.pinv(X).expand(K, X.shape[1], S)
+        kind = "file"
+    Phi = Xi_pinv @ J @ Xi
+    recon = Xi @ Phi @ Xi_pinv
+    err = (recon - J).flatten(1).norm(dim=1) / J.flatten(1).norm(dim=1).clamp_min(torch.finfo(dt).tiny)
+    if kind == "schur":
+        cond = torch.ones(K, dtype=dt, device=dev)
+    else:
+        cond = (torch.linalg.matrix_norm(Xi, ord=1) * torch.linalg.matrix_norm(Xi_pinv, ord=1))
+    readout = (R @ Xi) if R is not None else J.new_zeros(K, 0, Xi.shape[2])
+    return MemoryBasis(kind=kind, Xi=Xi, Xi_pinv=Xi_pinv, Phi=Phi, input_map=Xi_pinv @ B,
+                       readout_map=readout, condition=cond, reconstruction_error=err)
+
+
+@dataclasses.dataclass
+class CyclicShift:
+    """A cyclic shift of ``period`` subspaces of dimension ``kappa`` found in ``Phi`` (per point).
+
+    Attributes:
+        period: ``[K]`` int64, ``s`` (0: no cyclic shift found).
+        kappa: ``[K]`` int64, dimension of each subspace.
+        modulus: ``[K]`` mean ``|lambda|`` of the cycle (1 for a lossless copy).
+        angle_error: ``[K]`` largest distance (radians) of a cycle eigenvalue's angle from ``2 pi k / s``.
+        residual: ``[K]`` ``||Phi C - C rho P||_F / ||Phi C||_F`` in the cyclic basis ``C``
+            (``P`` the shift of ``s`` blocks of size kappa, ``rho`` the modulus): 0 for an exact shift.
+        basis: per point with a cycle, ``C`` [m, s*kappa] (in the coordinates of ``Phi``) whose
+            column blocks ``C_j`` satisfy ``Phi C_j ~ rho C_{j+1 mod s}``; None otherwise.
+    """
+
+    period: torch.Tensor
+    kappa: torch.Tensor
+    modulus: torch.Tensor
+    angle_error: torch.Tensor
+    residual: torch.Tensor
+    basis: list
+
+
+def detect_cyclic_shift(Phi: torch.Tensor, *, min_modulus: float = 0.8, angle_tol: float = 0.05,
+                        max_period: int = 64, eigenvalues: torch.Tensor | None = None) -> CyclicShift:
+    """Find a cyclic shift among the slow modes of ``Phi`` [K, m, m] (repeat copy: the contents of
+    ``s`` subspaces move one step round a cycle each time step).
+
+    ``detect_cyclic_shift(Phi, *, min_modulus=0.8, angle_tol=0.05, max_period=64) -> CyclicShift``
+
+    The test is spectral, so it does not depend on the basis ``Phi`` is written
+    in: ``Phi`` restricted to the span of its eigenvalues with
+    ``|lambda| >= min_modulus`` is similar to ``rho * (P_s (x) I_kappa)`` exactly
+    when those eigenvalues are ``rho`` times the ``s``-th roots of unity, each
+    ``kappa`` times. The smallest ``s >= 2`` whose roots fit every selected
+    angle within ``angle_tol`` with equal multiplicities is reported, with the
+    basis ``C_j = sum_k omega^{jk} V_k`` (``V_k`` eigenvectors of root k,
+    ``omega = exp(2 pi i / s)``) in which Phi is the shift, and the residual of
+    that claim.
+    """
+    K, m, _ = Phi.shape
+    dt, dev = Phi.dtype, Phi.device
+    period = torch.zeros(K, dtype=torch.long, device=dev)
+    kappa = torch.zeros(K, dtype=torch.long, device=dev)
+    modulus = torch.full((K,), float("nan"), dtype=dt, device=dev)
+    aerr = torch.full((K,), float("nan"), dtype=dt, device=dev)
+    resid = torch.full((K,), float("nan"), dtype=dt, device=dev)
+    bases: list = [None] * K
+    if K == 0 or m < 2:
+        return CyclicShift(period, kappa, modulus, aerr, resid, bases)
+    lam = torch.linalg.eigvals(Phi) if eigenvalues is None else eigenvalues
+    sel = lam.abs() >= min_modulus  # [K, m]
+    count = sel.sum(-1)
+    theta = lam.angle()  # (-pi, pi]
+    two_pi = 2 * math.pi
+    found = torch.zeros(K, dtype=torch.bool, device=dev)
+    for s in range(2, min(max_period, m) + 1):
+        k = torch.round(theta * s / two_pi)
+        err = (theta - k * two_pi / s).abs()
+        res = torch.remainder(k, s).long()
+        fits = torch.where(sel, err <= angle_tol, torch.ones_like(sel)).all(-1)
+        divisible = (count % s == 0) & (count >= s)
+        mult = torch.zeros(K, s, dtype=torch.long, device=dev)
+        mult.scatter_add_(1, torch.where(sel, res, torch.zeros_like(res)), sel.long())
+        equal = (mult == (count // s).clamp_min(1)[:, None]).all(-1)
+        hit = fits & divisible & equal & ~found
+        if bool(hit.any()):
+            period[hit] = s
+            kappa[hit] = count[hit] // s
+            aerr[hit] = torch.where(sel, err, torch.zeros_like(err)).amax(-1)[hit]
+            found |= hit
+    for i in found.nonzero()[:, 0].tolist():  # one small basis per point that has a cycle
+        s, kap = int(period[i]), int(kappa[i])
+        lam_i, V_i = torch.linalg.eig(Phi[i])
+        keep = lam_i.abs() >= min_modulus
+        lam_c, V_c = lam_i[keep], V_i[:, keep]
+        th = lam_c.angle()
+        res = torch.remainder(torch.round(th * s / two_pi), s).long()
+        rho = lam_c.abs().mean()
+        modulus[i] = rho
+        omega = torch.exp(torch.tensor(2j * math.pi / s, dtype=lam_c.dtype, device=dev))
+        blocks = {}
+        for r in range(s):
+            conj = (s - r) % s
+            if r <= conj:  # take eigenvectors of the root with angle in [0, pi]
+                cols = V_c[:, res == r]
+                if r == conj:  # real root (1 or -1): a real eigenvector basis
+                    cols = _real_span(cols, kap)
+                blocks[r] = cols
+        for r in range(s):
+            if r not in blocks:
+                blocks[r] = blocks[(s - r) % s].conj()
+        C = torch.cat([sum(omega ** (j * r) * blocks[r] for r in range(s)).real for j in range(s)], dim=1)
+        C = C / C.norm().clamp_min(torch.finfo(dt).tiny)  # one scale for all blocks keeps Phi C_j = rho C_{j+1}
+        P = torch.zeros(s, s, dtype=dt, device=dev)
+        P[torch.arange(1, s + 1, device=dev) % s, torch.arange(s, device=dev)] = 1.0
+        shift = torch.kron(P, torch.eye(kap, dtype=dt, device=dev))
+        PC = Phi[i] @ C
+        resid[i] = (PC - rho * C @ shift).norm() / PC.norm().clamp_min(torch.finfo(dt).tiny)
+        bases[i] = C
+    return CyclicShift(period, kappa, modulus, aerr, resid, bases)
+
+
+def _real_span(cols: torch.Tensor, k: int) -> torch.Tensor:
+    """A real basis (k columns) of the span of eigenvectors of a real eigenvalue."""
+    real = torch.cat([cols.real, cols.imag], dim=1)
+    U, Sv, _ = torch.linalg.svd(real, full_matrices=False)
+    return U[:, :k].to(cols.dtype)
