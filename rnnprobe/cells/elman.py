@@ -26,6 +26,13 @@ __all__ = ["ElmanCell", "FORMS"]
 FORMS = ("leaky", "rate-outside", "residual")
 
 
+def _left(M: torch.Tensor, Vc: torch.Tensor) -> torch.Tensor:
+    """``M @ Vc`` for a stack ``Vc`` [B, N, k] as one GEMM over B*k rows
+    (``torch.matmul`` would broadcast M and run B small products)."""
+    B, n, k = Vc.shape
+    return (Vc.transpose(-1, -2).reshape(B * k, n) @ M.T).reshape(B, k, -1).transpose(-1, -2)
+
+
 class ElmanCell(Cell):
     """h' = (1 - alpha) h + alpha phi(W_hh h + W_uh u + b) and its two variants.
 
@@ -192,10 +199,10 @@ class ElmanCell(Cell):
         Vc = V if col else V[:, :, None]
         dd = d[:, :, None]
         if self.form == "rate-outside":
-            WV = torch.matmul(self.W_hh, dd * Vc)
+            WV = _left(self.W_hh, dd * Vc)
             out = self._self_weight * Vc + self.alpha * WV
         else:
-            out = self._self_weight * Vc + self.alpha * dd * torch.matmul(self.W_hh, Vc)
+            out = self._self_weight * Vc + self.alpha * dd * _left(self.W_hh, Vc)
         return out if col else out[:, :, 0]
 
     def jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
@@ -210,9 +217,9 @@ class ElmanCell(Cell):
         dd = d[:, :, None]
         WT = self.W_hh.T
         if self.form == "rate-outside":
-            out = self._self_weight * Vc + self.alpha * dd * torch.matmul(WT, Vc)
+            out = self._self_weight * Vc + self.alpha * dd * _left(WT, Vc)
         else:
-            out = self._self_weight * Vc + self.alpha * torch.matmul(WT, dd * Vc)
+            out = self._self_weight * Vc + self.alpha * _left(WT, dd * Vc)
         return out if col else out[:, :, 0]
 
     def step_and_jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor):
