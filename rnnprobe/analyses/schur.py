@@ -1,0 +1,697 @@
+"""``rnnprobe schur``: ordered real Schur form of W_hh, nonnormality, block-coupling ablation.
+
+Method: Draeger 2026, "Task-Restricted Symmetries in Recurrent Weight Space"
+(arXiv 2606.18457). In the real Schur form ``W_hh = Q T Q^T`` the 1x1 / 2x2
+eigenvalue blocks ``B`` are separated from the strictly block-upper couplings
+``N`` (``T = B + N``). With the blocks ordered (``--order``) and split into a
+retained set R (``|lambda| >= alpha rho``, ``--retain-alpha``; or the top K,
+``--retain``) and the rest C,
+
+    N = [[T_RR, T_C->R],
+         [0,    T_CC  ]],
+
+and each coupling ablation ``W~ = Q Z_S(T) Q^T`` (``Z_S`` zeroes the
+couplings in S, never an eigenvalue block) is rolled out with W_uh, W_r and b
+unchanged on the task data. Zeroing ``T_C->R`` is the basis-free pinching
+``P_R W P_R + P_C W P_C``.
+
+Reusable functions (documented signatures): :func:`decompose`,
+:func:`nonnormality`, :func:`coupling_regions`, :func:`rollout_variants`.
+The linear algebra lives in :mod:`rnnprobe.numerics.schur`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from rnnprobe.analyses.base import AnalysisSpec, Options, Result, RunContext, option
+from rnnprobe.cells.elman import ElmanCell
+from rnnprobe.errors import AnalysisError, InputError
+from rnnprobe.model import Model
+from rnnprobe.numerics import schur as ns
+
+__all__ = [
+    "SchurOptions",
+    "SchurResult",
+    "Decomposition",
+    "decompose",
+    "nonnormality",
+    "coupling_regions",
+    "group_starts",
+    "rollout_variants",
+    "run",
+    "ANALYSIS",
+    "COUPLINGS",
+]
+
+COUPLINGS = ("T_RR", "T_CC", "T_C->R")
+"""The three coupling blocks of the R/C split, in the order variants list them."""
+
+_MEMORY_BUDGET = 512 * 1024**2
+"""Bytes of weights and states one batched rollout chunk may hold."""
+
+
+# ---------------------------------------------------------------------------------
+# options and result
+# ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SchurOptions(Options):
+    order: str = option("modulus", choices=ns.ORDERS,
+                        help="Block order: modulus (|lambda| down), real (Re lambda down) or angle "
+                             "(|arg lambda| up). R always comes first.")
+    retain_alpha: float = option(0.9, min=0.0, max=1.0, metavar="ALPHA",
+                                 help="Retained set R = eigenvalues with |lambda| >= ALPHA * rho(W_hh) "
+                                      "(--alpha is the loader's leak).")
+    retain: int | None = option(None, min=0, metavar="K",
+                                help="Retain the top K eigenvalues in --order instead (a conjugate pair is "
+                                     "never split).")
+    ablate: str = option("none", choices=("none", "couplings", "pairs"),
+                         help="none: decomposition and diagnostics only (no task data needed); couplings: "
+                              "all 8 subsets of {T_RR, T_CC, T_C->R}; pairs: the coupling between every "
+                              "two block groups alone.")
+    controls: int = option(32, min=0, metavar="K",
+                           help="Random perturbations of the same Frobenius norm per ablation, dense and "
+                                "within the ablated block pattern (K of each).")
+    epsilon: float = option(0.01, min=0.0, help="Flag an ablation as an approximate invariance when dFVU <= this.")
+    groups: int = option(4, min=1, metavar="G",
+                         help="Groups of consecutive blocks for the coupling-norm matrix and --ablate pairs.")
+    trials: int = option(256, min=1, help="Trials of a generated task for the ablation rollouts.")
+    transient_steps: int = option(200, min=0, metavar="T",
+                                  help="Transient amplification max_{t<=T} ||W^t||_2 (0: skip).")
+    max_error: float | None = option(None, min=0.0, min_open=True,
+                                     help="Gate: exit 1 when the reconstruction or orthogonality error "
+                                          "exceeds this.")
+
+
+@dataclasses.dataclass
+class SchurResult(Result):
+    """Everything ``rnnprobe schur`` computed (its fields become the report's ``/schur``)."""
+
+    analysis = "schur"
+    Q: np.ndarray
+    T: np.ndarray
+    eigenvalues: np.ndarray
+    block_starts: np.ndarray
+    retained: np.ndarray
+    order: str
+    retain_alpha: float
+    n_hidden: int
+    spectral_radius: float
+    n_retained: int
+    reconstruction_error: float
+    orthogonality_error: float
+    block_moves: int
+    order_violations: int
+    refused_swaps: list
+    condition_s: float
+    condition_sep: float
+    nonnormality: dict
+    group_starts: np.ndarray
+    coupling_norms: np.ndarray
+    coupling_norms_rc: dict
+    transient_norms: np.ndarray
+    ablate: str = "none"
+    task: str | None = None
+    baseline_fvu: float | None = None
+    baseline_accuracy: float | None = None
+    ablations: list = dataclasses.field(default_factory=list)
+    control_delta_fvu: np.ndarray | None = None
+    control_pattern_delta_fvu: np.ndarray | None = None
+    pairs_delta_fvu: np.ndarray | None = None
+    pairs_sensitivity: np.ndarray | None = None
+
+    def summary(self) -> dict:
+        nn = self.nonnormality
+        out = {
+            "n_hidden": self.n_hidden,
+            "spectral_radius": self.spectral_radius,
+            "n_retained": self.n_retained,
+            "reconstruction_error": self.reconstruction_error,
+            "orthogonality_error": self.orthogonality_error,
+            "henrici": nn["henrici"],
+            "coupling_fraction": nn["coupling_fraction"],
+            "transient_amplification": nn["transient_amplification"],
+            "ablations": [_summary_row(r) for r in self.ablations],
+            "order": self.order,
+            "retain_alpha": self.retain_alpha,
+            "n_blocks": int(self.block_starts.size),
+            "block_moves": self.block_moves,
+            "order_violations": self.order_violations,
+            "refused_swaps": len(self.refused_swaps),
+            "condition_s": self.condition_s,
+            "condition_sep": self.condition_sep,
+            "henrici_couplings": nn["henrici_couplings"],
+            "henrici_blocks": nn["henrici_blocks"],
+            "henrici_relative": nn["henrici_relative"],
+            "commutator": nn["commutator"],
+            "eigvec_condition": nn["eigvec_condition"],
+            "norm2": nn["norm2"],
+            "norm2_over_rho": nn["norm2_over_rho"],
+            "transient_argmax": nn["transient_argmax"],
+            "coupling_norms_rc": self.coupling_norms_rc,
+            "coupling_norms": self.coupling_norms,
+            "ablate": self.ablate,
+            "task": self.task,
+            "baseline_fvu": self.baseline_fvu,
+            "baseline_accuracy": self.baseline_accuracy,
+        }
+        if self.pairs_delta_fvu is not None:
+            out["pairs"] = {"group_starts": self.group_starts, "delta_fvu": self.pairs_delta_fvu,
+                            "sensitivity": self.pairs_sensitivity}
+        return out
+
+
+_SUMMARY_KEYS = ("blocks", "delta_fvu", "accuracy", "rel_norm", "sensitivity", "control_delta_fvu_median",
+                 "control_fraction_better", "invariant", "control_pattern_delta_fvu_median",
+                 "control_pattern_fraction_better", "fvu", "note")
+
+
+def _summary_row(row: dict) -> dict:
+    return {k: row[k] for k in _SUMMARY_KEYS}
+
+
+# ---------------------------------------------------------------------------------
+# decomposition
+# ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Decomposition:
+    """An ordered real Schur form split into R (the first ``m`` rows) and C.
+
+    Attributes:
+        schur: the :class:`rnnprobe.numerics.schur.OrderedSchur`.
+        m: rows of R (never inside a 2x2 block).
+        s, sep: LAPACK ``dtrsen``'s reciprocal condition numbers of the split.
+        reconstruction_error: ``||Q T Q^T - W||_F / ||W||_F``.
+        orthogonality_error: ``||Q^T Q - I||_F``.
+        warnings: things the caller should pass on (refused swaps, ties at the split).
+    """
+
+    schur: ns.OrderedSchur
+    m: int
+    s: float
+    sep: float
+    reconstruction_error: float
+    orthogonality_error: float
+    warnings: list
+
+
+def _retain_top(lam: np.ndarray, ranks: np.ndarray, k: int) -> np.ndarray:
+    """The positions of the top ``k`` eigenvalues by rank; InputError when ``k`` splits a pair."""
+    n = lam.size
+    if k > n:
+        raise InputError(f"--retain {k} exceeds the {n} eigenvalues of W_hh; use at most {n}")
+    order = np.argsort(ranks, kind="stable")
+    # valid K: the cumulative sizes of whole blocks in rank order
+    new_block = np.ones(n, dtype=bool)
+    new_block[1:] = ranks[order][1:] != ranks[order][:-1]
+    valid = np.append(np.nonzero(new_block)[0], n)
+    if k not in valid:
+        lower, upper = valid[valid < k].max(), valid[valid > k].min()
+        raise InputError(f"--retain {k} splits a conjugate pair; use {lower} or {upper}")
+    first = np.zeros(n, dtype=bool)
+    first[order[:k]] = True
+    return first
+
+
+def decompose(W, *, order: str = "modulus", retain_alpha: float = 0.9, retain: int | None = None,
+              window: int = 64) -> Decomposition:
+    """Ordered real Schur form of ``W`` with the R/C split.
+
+    Arguments:
+        W: [N, N] array or tensor (float64 is used).
+        order: ``modulus``, ``real`` or ``angle`` (see :func:`rnnprobe.numerics.schur.order_ranks`).
+        retain_alpha: R = eigenvalues with ``|lambda| >= retain_alpha * rho``.
+        retain: R = the top ``retain`` eigenvalues in ``order`` instead
+            (InputError naming the nearest valid K when it splits a pair).
+
+    R comes first, each of R and C sorted by ``order``; every block is moved by
+    LAPACK swaps (``dtrexc``), refused swaps are recorded in ``schur.refusals``
+    and named in ``warnings``.
+    """
+    warnings: list[str] = []
+
+    def select(lam, ranks):
+        if retain is not None:
+            first = _retain_top(lam, ranks, int(retain))
+            _warn_tie(lam, ranks, first, order, warnings)
+            return first
+        rho = float(np.max(np.abs(lam))) if lam.size else 0.0
+        return np.abs(lam) >= retain_alpha * rho
+
+    Wn = W.detach().cpu().numpy() if isinstance(W, torch.Tensor) else np.asarray(W)
+    Wn = np.asarray(Wn, dtype=np.float64)
+    sch = ns.ordered_schur(Wn, order, select=select, window=window)
+    n = Wn.shape[0]
+    m = sch.n_first
+    Q, T = sch.Q, sch.T
+    wnorm = float(np.linalg.norm(Wn))
+    rec = float(np.linalg.norm(Q @ T @ Q.T - Wn)) / (wnorm if wnorm > 0 else 1.0)
+    orth = float(np.linalg.norm(Q.T @ Q - np.eye(n)))
+    s, sep, _ = ns.split_condition(T, m)
+    for r in sch.refusals:
+        warnings.append(
+            f"LAPACK refused an ill-conditioned block swap: eigenvalue {r.eigenvalue_real:.6g}"
+            f"{r.eigenvalue_imag:+.6g}i could not pass {r.blocked_by_real:.6g}{r.blocked_by_imag:+.6g}i "
+            f"(row {r.position}); they stay in that order (see refused_swaps)")
+    if sch.violations:
+        warnings.append(f"{sch.violations} adjacent blocks remain out of --order {order} after the "
+                        "refused swaps; the R/C split may not match the criterion")
+    return Decomposition(schur=sch, m=m, s=s, sep=sep, reconstruction_error=rec, orthogonality_error=orth,
+                         warnings=warnings)
+
+
+def _warn_tie(lam, ranks, first, order, warnings) -> None:
+    """Warn when the last retained and the first dropped eigenvalue tie in ``order``'s key."""
+    if first.all() or not first.any():
+        return
+    rho = float(np.max(np.abs(lam)))
+    key, tol = ns._primary(lam, order, rho)
+    last_in = key[first].max()
+    first_out = key[~first].min()
+    if abs(first_out - last_in) <= tol:
+        warnings.append(f"--retain {int(first.sum())}: the last retained and the first dropped eigenvalue tie "
+                        f"in --order {order} (within {ns.TIE_RTOL:g} rho); which of them is in R is arbitrary")
+
+
+def coupling_regions(T: np.ndarray, m: int) -> dict[str, np.ndarray]:
+    """Boolean N x N masks of ``T_RR``, ``T_CC`` and ``T_C->R`` (strictly block-upper entries only).
+
+    ``T_RR``: couplings among the first ``m`` rows/columns (R); ``T_CC``: among
+    the rest (C); ``T_C->R``: rows in R, columns in C (C drives R).
+    """
+    n = T.shape[0]
+    mask = ns.coupling_mask(T)
+    in_r = np.arange(n) < m
+    return {
+        "T_RR": mask & in_r[:, None] & in_r[None, :],
+        "T_CC": mask & ~in_r[:, None] & ~in_r[None, :],
+        "T_C->R": mask & in_r[:, None] & ~in_r[None, :],
+    }
+
+
+def group_starts(T: np.ndarray, groups: int) -> np.ndarray:
+    """First rows of ``groups`` runs of consecutive blocks with about equal numbers of eigenvalues."""
+    n = T.shape[0]
+    cuts = {0}
+    for k in range(1, groups):
+        x = int(round(k * n / groups))
+        if 0 < x < n and T[x, x - 1] != 0:
+            x += 1
+        if 0 < x < n:
+            cuts.add(x)
+    return np.array(sorted(cuts), dtype=np.int64)
+
+
+def _group_masks(T: np.ndarray, starts: np.ndarray):
+    """``(g, h) -> mask`` of the couplings from group h (columns) into group g (rows), g <= h."""
+    n = T.shape[0]
+    mask = ns.coupling_mask(T)
+    bounds = np.append(starts, n)
+    gid = np.searchsorted(bounds, np.arange(n), side="right") - 1
+    return {(g, h): mask & (gid[:, None] == g) & (gid[None, :] == h)
+            for g in range(starts.size) for h in range(g, starts.size)}
+
+
+# ---------------------------------------------------------------------------------
+# nonnormality
+# ---------------------------------------------------------------------------------
+def nonnormality(W: np.ndarray, T: np.ndarray, *, steps: int = 200, device="cpu") -> tuple[dict, np.ndarray]:
+    """Departure from normality of ``W = Q T Q^T`` (``T`` its real Schur form).
+
+    Returns ``(stats, norms)``; ``norms[t-1] = ||W^t||_2`` for the powers
+    computed (:func:`rnnprobe.numerics.schur.power_norms`; it stops early once
+    a power's norm is below 1, which fixes the maximum). ``stats``:
+
+    * ``henrici``: ``sqrt(||W||_F^2 - sum |lambda|^2)`` (Henrici 1962),
+      computed without cancellation from the Schur form as
+      ``sqrt(henrici_couplings^2 + henrici_blocks^2)``;
+      ``henrici_couplings = ||N||_F``; ``henrici_blocks`` the part inside the
+      2x2 blocks, ``sqrt(sum (a-d)^2 + (b+c)^2)`` over blocks ``[[a,b],[c,d]]``;
+      ``henrici_relative = henrici / ||W||_F``.
+    * ``coupling_fraction``: ``||N||_F / ||T||_F``.
+    * ``commutator``: ``||W W^T - W^T W||_F / ||W||_F^2``.
+    * ``eigvec_condition``: ``cond_2(V)``, V the eigenvectors with unit
+      columns (inf when W is defective).
+    * ``norm2``, ``norm2_over_rho``: ``||W||_2`` and ``||W||_2 / rho``.
+    * ``transient_amplification``: ``max_{1<=t<=steps} ||W^t||_2``, at ``transient_argmax``.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    n = W.shape[0]
+    mask = ns.coupling_mask(T)
+    ncoup = float(np.linalg.norm(T[mask]))
+    i = np.nonzero(np.diagonal(T, -1) != 0)[0] if n > 1 else np.zeros(0, dtype=int)
+    a, b, c, d = T[i, i], T[i, i + 1], T[i + 1, i], T[i + 1, i + 1]
+    nblocks = float(np.sqrt(np.sum((a - d) ** 2 + (b + c) ** 2)))
+    henrici = math.hypot(ncoup, nblocks)
+    wf = float(np.linalg.norm(W))
+    tf = float(np.linalg.norm(T))
+    lam = ns.block_eigenvalues(T)
+    rho = float(np.max(np.abs(lam))) if n else 0.0
+    comm = float(np.linalg.norm(W @ W.T - W.T @ W)) / wf**2 if wf > 0 else 0.0
+    try:
+        _, V = np.linalg.eig(T)
+        sv = np.linalg.svd(V, compute_uv=False)
+        kappa = float(sv[0] / sv[-1]) if sv[-1] > 0 else math.inf
+    except np.linalg.LinAlgError:
+        kappa = math.inf
+    norms, _ = ns.power_norms(T, steps, device=device) if steps > 0 else (np.zeros(0), False)
+    norm2 = float(norms[0]) if norms.size else float(np.linalg.norm(W, 2)) if n else 0.0
+    stats = {
+        "henrici": henrici,
+        "henrici_couplings": ncoup,
+        "henrici_blocks": nblocks,
+        "henrici_relative": henrici / wf if wf > 0 else 0.0,
+        "coupling_fraction": ncoup / tf if tf > 0 else 0.0,
+        "commutator": comm,
+        "eigvec_condition": kappa,
+        "norm2": norm2,
+        "norm2_over_rho": norm2 / rho if rho > 0 else math.inf,
+        "transient_amplification": float(norms.max()) if norms.size else None,
+        "transient_argmax": int(np.argmax(norms)) + 1 if norms.size else None,
+        "transient_steps": int(steps),
+        "transient_computed": int(norms.size),
+    }
+    return stats, norms
+
+
+# ---------------------------------------------------------------------------------
+# batched rollouts
+# ---------------------------------------------------------------------------------
+def rollout_variants(cell: ElmanCell, W: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor | None = None,
+                     *, states: bool = False) -> torch.Tensor:
+    """Outputs of the cell with each recurrent matrix in ``W`` swapped in, all at once.
+
+    ``W`` [V, N, N] (on the cell's device/dtype), ``inputs`` [B, T, d_in],
+    ``h0`` [B, N] (zeros if None). Every other parameter, the form
+    (leaky / rate-outside / residual), alpha and phi are the cell's: variant v
+    gives what ``cell.replace(W_hh=W[v]).rollout(h0, inputs)`` followed by
+    ``readout`` gives, as one batched program (a [V, B, N] state and a batched
+    matrix product per step). Returns [V, B, T, d_out] (``states=True``: the
+    states [V, B, T, N]).
+    """
+    V, N = W.shape[0], W.shape[-1]
+    inputs = torch.as_tensor(inputs, dtype=cell.dtype, device=cell.device)
+    B, steps = inputs.shape[0], inputs.shape[1]
+    drive = inputs @ cell.W_uh.T + cell.b  # [B, T, N], the same for every variant
+    h = torch.zeros(V, B, N, dtype=cell.dtype, device=cell.device)
+    if h0 is not None:
+        h = h + torch.as_tensor(h0, dtype=cell.dtype, device=cell.device)
+    WT = W.transpose(1, 2)
+    width = N if states else cell.n_outputs
+    out = torch.empty(V, B, steps, width, dtype=cell.dtype, device=cell.device)
+    a, phi, form = cell.alpha, cell.nl.phi, cell.form
+    for t in range(steps):
+        d = drive[:, t]
+        if form == "leaky":
+            p = phi(torch.baddbmm(d, h, WT))
+            h = p if a == 1.0 else h + a * (p - h)
+        elif form == "rate-outside":
+            h = (1.0 - a) * h + a * torch.baddbmm(d, phi(h), WT)
+        else:
+            h = h + a * phi(torch.baddbmm(d, h, WT))
+        out[:, :, t] = h if states else h @ cell.W_r.T + cell.b_r
+    return out
+
+
+class _Evaluator:
+    """FVU and accuracy of many recurrent matrices on one task, in memory-bounded batched chunks."""
+
+    def __init__(self, cell: ElmanCell, task, progress=None):
+        self.cell = cell
+        self.task = task
+        self.inputs = torch.as_tensor(np.asarray(task.inputs), dtype=cell.dtype, device=cell.device)
+        B, steps = task.inputs.shape[:2]
+        N = cell.n_hidden
+        itemsize = torch.empty(0, dtype=cell.dtype).element_size()
+        per_variant = itemsize * (2 * N * N + 4 * B * N + B * steps * max(cell.n_outputs, 1))
+        self.chunk = max(1, int(_MEMORY_BUDGET // per_variant))
+        self.progress = progress
+
+    def __call__(self, sets: list) -> tuple[np.ndarray, np.ndarray | None]:
+        """``sets``: callables returning [k, N, N] weight stacks; returns (fvu [sum k], accuracy or None)."""
+        fvu, acc = [], []
+        pending, count = [], 0
+
+        def flush():
+            if not pending:
+                return
+            Ws = torch.cat(pending)
+            pending.clear()
+            for i in range(0, Ws.shape[0], self.chunk):
+                y = rollout_variants(self.cell, Ws[i:i + self.chunk], self.inputs)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    f = np.atleast_1d(self.task.fvu(y))
+                fvu.append(np.where(np.isnan(f), np.inf, f))  # a diverged rollout: infinitely bad
+                a = self.task.accuracy(y)
+                acc.append(None if a is None else np.atleast_1d(a))
+                if self.progress is not None:
+                    self.progress.advance(y.shape[0])
+
+        for make in sets:
+            W = make()
+            pending.append(W)
+            count += W.shape[0]
+            if count >= self.chunk:
+                flush()
+                count = 0
+        flush()
+        f = np.concatenate(fvu)
+        a = None if any(x is None for x in acc) else np.concatenate(acc)
+        return f, a
+
+
+def control_perturbations(Q: torch.Tensor, mask: np.ndarray | None, norm: float, count: int,
+                          generator: torch.Generator) -> torch.Tensor:
+    """``count`` random perturbations E [count, N, N] of W with ``||E||_F = norm``, in W's basis.
+
+    ``mask is None``: dense Gaussian matrices in the original basis. Else
+    Gaussian entries on the ``mask`` pattern of T (the ablated couplings) in
+    the Schur basis, ``E = Q M Q^T``. Drawn in float64 on ``Q``'s device from
+    ``generator``.
+    """
+    n = Q.shape[0]
+    G = torch.randn(count, n, n, generator=generator, dtype=torch.float64, device=Q.device)
+    if mask is not None:
+        G = G * torch.as_tensor(mask, dtype=torch.float64, device=Q.device)
+    G = G * (norm / torch.linalg.matrix_norm(G).clamp_min(1e-300))[:, None, None]
+    return G if mask is None else Q @ G @ Q.T
+
+
+def _ablation_rows(decomp: Decomposition, W: np.ndarray, cell: ElmanCell, task, variants: list, options,
+                   ctx: RunContext):
+    """Roll out the unablated model, every variant and its controls, all as batched stacks.
+
+    Returns ``(rows, base_fvu, base_accuracy, dense, pattern)``; ``dense`` and
+    ``pattern`` [V, K] are the controls' dFVU (NaN where a variant has none).
+    """
+    Q, T = decomp.schur.Q, decomp.schur.T
+    dev, dt = ctx.device, ctx.dtype
+    tnorm = float(np.linalg.norm(T))
+    Qt = torch.as_tensor(Q, dtype=torch.float64, device=dev)
+    Wt = torch.as_tensor(W, dtype=torch.float64, device=dev)
+    K = int(options.controls)
+    dT = [np.where(mask, T, 0.0) for _, mask in variants]
+    norms = [float(np.linalg.norm(x)) for x in dT]
+
+    def variant_stack():
+        # nothing removed: the model's own W_hh, not its (rounded) reconstruction
+        Wv = np.stack([W] + [Q @ (T - x) @ Q.T if nrm > 0 else W for x, nrm in zip(dT, norms)])
+        return torch.as_tensor(Wv, dtype=dt, device=dev)
+
+    sets = [variant_stack]
+    control_of = []  # (variant index, kind) of each control set, in order
+    for v, ((_, mask), nrm) in enumerate(zip(variants, norms)):
+        if nrm == 0 or K == 0:
+            continue
+        for kind in ("dense", "pattern"):
+            control_of.append((v, kind))
+
+            def make(v=v, kind=kind, mask=mask, nrm=nrm):
+                g = ctx.generator(1000 + 2 * v + (kind == "pattern"))
+                E = control_perturbations(Qt, mask if kind == "pattern" else None, nrm, K, g)
+                return (Wt + E).to(dt)
+
+            sets.append(make)
+    total = 1 + len(variants) + K * len(control_of)
+    ctx.progress.start("schur: ablation rollouts", total)
+    try:
+        fvu, acc = _Evaluator(cell, task, ctx.progress)(sets)
+    finally:
+        ctx.progress.stop()
+    base_fvu = float(fvu[0])
+    base_acc = None if acc is None else float(acc[0])
+    var_fvu = fvu[1:1 + len(variants)]
+    ctrl = fvu[1 + len(variants):].reshape(-1, K) - base_fvu if control_of else np.zeros((0, K))
+    dense = np.full((len(variants), K), np.nan)
+    pattern = np.full((len(variants), K), np.nan)
+    for (v, kind), d in zip(control_of, ctrl):
+        (dense if kind == "dense" else pattern)[v] = d
+    rows = []
+    for v, ((name, _), nrm) in enumerate(zip(variants, norms)):
+        dfvu = float(var_fvu[v] - base_fvu)
+        rel = nrm / tnorm if tnorm > 0 else 0.0
+        note = None
+        if not np.isfinite(dfvu):
+            note = "the ablated network's outputs diverged: delta_fvu is infinite (null in JSON)"
+        if nrm == 0:
+            note = ("nothing is removed (the unablated model)" if not name else
+                    "the removed couplings are all zero (an empty block or exactly zero entries): "
+                    "sensitivity undefined")
+        has_ctrl = nrm > 0 and K > 0
+        rows.append({
+            "blocks": list(name),
+            "fvu": float(var_fvu[v]),
+            "delta_fvu": dfvu,
+            "accuracy": None if acc is None else float(acc[1 + v]),
+            "rel_norm": rel,
+            "sensitivity": dfvu / rel if rel > 0 else None,
+            "control_delta_fvu_median": float(np.median(dense[v])) if has_ctrl else None,
+            "control_fraction_better": float(np.mean(dense[v] < dfvu)) if has_ctrl else None,
+            "control_pattern_delta_fvu_median": float(np.median(pattern[v])) if has_ctrl else None,
+            "control_pattern_fraction_better": float(np.mean(pattern[v] < dfvu)) if has_ctrl else None,
+            "invariant": bool(dfvu <= options.epsilon),
+            "note": note,
+        })
+    return rows, base_fvu, base_acc, dense, pattern
+
+
+# ---------------------------------------------------------------------------------
+# the analysis
+# ---------------------------------------------------------------------------------
+def run(model: Model, options: SchurOptions, ctx: RunContext) -> SchurResult:
+    """Ordered Schur form, nonnormality and (``--ablate``) the coupling ablation of ``model``'s W_hh."""
+    mats = model.cell.matrices()
+    W = mats["W_hh"].detach().cpu().to(torch.float64).numpy()
+    n = W.shape[0]
+    ctx.progress.start("schur: ordered decomposition", None)
+    try:
+        dec = decompose(W, order=options.order, retain_alpha=options.retain_alpha, retain=options.retain)
+    finally:
+        ctx.progress.stop()
+    for w in dec.warnings:
+        ctx.warn(w)
+    sch = dec.schur
+    T, m = sch.T, dec.m
+    stats, norms = nonnormality(W, T, steps=options.transient_steps, device=ctx.device)
+    starts = group_starts(T, options.groups)
+    gmasks = _group_masks(T, starts)
+    G = starts.size
+    cnorm = np.zeros((G, G))
+    for (g, h), mask in gmasks.items():
+        cnorm[g, h] = float(np.linalg.norm(T[mask]))
+    regions = coupling_regions(T, m)
+    result = SchurResult(
+        Q=sch.Q, T=T, eigenvalues=sch.eigenvalues, block_starts=sch.block_starts, retained=np.arange(n) < m,
+        order=options.order, retain_alpha=options.retain_alpha, n_hidden=n, spectral_radius=sch.rho,
+        n_retained=m, reconstruction_error=dec.reconstruction_error, orthogonality_error=dec.orthogonality_error,
+        block_moves=sch.moves, order_violations=sch.violations,
+        refused_swaps=[dataclasses.asdict(r) for r in sch.refusals], condition_s=dec.s, condition_sep=dec.sep,
+        nonnormality=stats, group_starts=starts, coupling_norms=cnorm,
+        coupling_norms_rc={k: float(np.linalg.norm(T[v])) for k, v in regions.items()},
+        transient_norms=norms, ablate=options.ablate,
+    )
+    if options.ablate == "none":
+        return result
+
+    cell = model.cell
+    if not isinstance(cell, ElmanCell):
+        raise InputError(f"--ablate {options.ablate} rolls out ablated recurrent matrices, which needs an "
+                         f"Elman/leaky cell; this model is a {cell.kind} cell: use --ablate none")
+    task = ctx.task(batch=options.trials,
+                    why=f"--ablate {options.ablate} rolls the ablated networks out on task data")
+    if options.ablate == "couplings":
+        variants = []
+        for k in range(len(COUPLINGS) + 1):
+            for subset in itertools.combinations(COUPLINGS, k):
+                mask = np.zeros_like(T, dtype=bool)
+                for name in subset:
+                    mask |= regions[name]
+                variants.append((subset, mask))
+    else:
+        variants = [((), np.zeros_like(T, dtype=bool))]
+        variants += [((f"G{h + 1}->G{g + 1}",), mask) for (g, h), mask in gmasks.items()]
+    rows, base_fvu, base_acc, dense, pattern = _ablation_rows(dec, W, cell, task, variants, options, ctx)
+    result.task = getattr(task, "spec", None)
+    result.baseline_fvu, result.baseline_accuracy = base_fvu, base_acc
+    result.ablations = rows
+    result.control_delta_fvu, result.control_pattern_delta_fvu = dense, pattern
+    if options.ablate == "pairs":
+        pd = np.full((G, G), np.nan)
+        ps = np.full((G, G), np.nan)
+        for ((g, h), _), row in zip(gmasks.items(), rows[1:]):
+            pd[g, h] = row["delta_fvu"]
+            ps[g, h] = np.nan if row["sensitivity"] is None else row["sensitivity"]
+        result.pairs_delta_fvu, result.pairs_sensitivity = pd, ps
+    if not np.isfinite(base_fvu):
+        raise AnalysisError("the unablated model's outputs are not finite on the task data; check the task "
+                            "(--task/--data) matches the checkpoint")
+    return result
+
+
+def gate(result: SchurResult, options: SchurOptions) -> list[str]:
+    if options.max_error is None:
+        return []
+    out = []
+    for name in ("reconstruction_error", "orthogonality_error"):
+        value = getattr(result, name)
+        if not value <= options.max_error:
+            out.append(f"{name} {value:.3g} > --max-error {options.max_error:g}")
+    return out
+
+
+_RENDER_KEYS = ("n_hidden", "spectral_radius", "n_retained", "reconstruction_error", "orthogonality_error",
+                "henrici", "coupling_fraction", "commutator", "eigvec_condition", "norm2", "transient_amplification",
+                "transient_argmax", "condition_s", "condition_sep", "refused_swaps", "order_violations", "task",
+                "baseline_fvu", "baseline_accuracy", "warnings")
+
+
+def render(summary: dict):
+    """The terminal view: the main numbers, and the ablation table when there is one."""
+    from rnnprobe.cli.console import kv_table, rows_table
+
+    head = {k: summary.get(k) for k in _RENDER_KEYS}
+    if not summary.get("ablations"):
+        return kv_table(head, title="rnnprobe schur")
+
+    def f(x):
+        return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
+
+    title = "rnnprobe schur: " + ", ".join(f"{k} {f(v)}" for k, v in head.items() if v not in (None, [], ""))
+    # ctl: dense controls, pat: controls within the block pattern (median dFVU, fraction that did better)
+    cols = ["blocks", "dFVU", "acc", "rel_norm", "S", "ctl med", "ctl frac", "pat med", "pat frac", "inv"]
+    rows = [[" + ".join(r["blocks"]) or "(none)", f(r["delta_fvu"]), f(r["accuracy"]), f(r["rel_norm"]),
+             f(r["sensitivity"]), f(r["control_delta_fvu_median"]), f(r["control_fraction_better"]),
+             f(r["control_pattern_delta_fvu_median"]), f(r["control_pattern_fraction_better"]),
+             "yes" if r["invariant"] else "no"] for r in summary["ablations"]]
+    return rows_table(cols, rows, title=title)
+
+
+def _plot(result, model):
+    from rnnprobe.plots.schur import plot
+
+    return plot(result, model)
+
+
+ANALYSIS = AnalysisSpec(
+    name="schur",
+    help="Ordered real Schur form of W_hh, nonnormality, block-coupling ablation.",
+    description=(
+        "Ordered real Schur decomposition W_hh = Q T Q^T (blocks by --order, retained set R first), "
+        "nonnormality diagnostics (Henrici departure, commutator, eigenvector condition, transient "
+        "amplification), and with --ablate the task effect of removing the couplings T_RR, T_CC, T_C->R "
+        "(or between block groups) with W_uh, W_r and b fixed, against random controls of the same norm "
+        "(Draeger 2026, arXiv 2606.18457)."
+    ),
+    options=SchurOptions,
+    run=run,
+    example="rnnprobe schur sample_checkpoints/copy_rnn64.pt --ablate couplings",
+    plot=_plot,
+    gate=gate,
+    uses_task=True,
+    render=render,
+)
