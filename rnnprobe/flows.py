@@ -151,6 +151,35 @@ def flow_jvp(cell: Cell, h: torch.Tensor, u, V: torch.Tensor, *, dt: float | Non
     return out if col else out[:, :, 0]
 
 
+def _field_functions(cell: Cell, u: torch.Tensor, step: float):
+    """``f(x) -> (f, aux)`` and ``jv(x, aux, V) -> (df/dh) V`` for the integrator's inner loop.
+
+    For Elman cells the constant drive ``U u + b`` is computed once and the
+    gain phi' is shared between the field and its tangent (``aux``)."""
+    if not isinstance(cell, ElmanCell):
+        return (lambda x: (vector_field(cell, x, u, dt=step), None),
+                lambda x, aux, V: flow_jvp(cell, x, u, V, dt=step))
+    rate = cell.alpha / step
+    drive = u @ cell.W_uh.T + cell.b
+    WT, W, phi, dphi, form = cell.W_hh.T, cell.W_hh, cell.nl.phi, cell.nl.dphi, cell.form
+
+    def f(x):
+        if form == "rate-outside":
+            return rate * (phi(x) @ WT + drive - x), dphi(x)
+        z = x @ WT + drive
+        p = phi(z)
+        return rate * (p if form == "residual" else p - x), dphi(z)
+
+    def jv(x, d, V):
+        if form == "rate-outside":
+            out = torch.matmul(W, d[:, :, None] * V)
+        else:
+            out = d[:, :, None] * torch.matmul(W, V)
+        return rate * (out if form == "residual" else out - V)
+
+    return f, jv
+
+
 @dataclasses.dataclass
 class FlowSolution:
     """What :func:`integrate` returns.
@@ -200,25 +229,20 @@ def integrate(cell: Cell, h0: torch.Tensor, duration, n_steps: int, u=None, *, d
         states = torch.empty(B, int(n_steps) + 1, S, dtype=cell.dtype, device=cell.device)
         states[:, 0] = h
 
-    def f(x):
-        return vector_field(cell, x, u, dt=step)
-
-    def jv(x, V):
-        return flow_jvp(cell, x, u, V, dt=step)
-
+    f, jv = _field_functions(cell, u, step)
     for k in range(int(n_steps)):
-        k1 = f(h)
+        k1, g1 = f(h)
         x2 = h + 0.5 * dh * k1
-        k2 = f(x2)
+        k2, g2 = f(x2)
         x3 = h + 0.5 * dh * k2
-        k3 = f(x3)
+        k3, g3 = f(x3)
         x4 = h + dh * k3
-        k4 = f(x4)
+        k4, g4 = f(x4)
         if tangent:
-            K1 = jv(h, Phi)
-            K2 = jv(x2, Phi + 0.5 * dh3 * K1)
-            K3 = jv(x3, Phi + 0.5 * dh3 * K2)
-            K4 = jv(x4, Phi + dh3 * K3)
+            K1 = jv(h, g1, Phi)
+            K2 = jv(x2, g2, Phi + 0.5 * dh3 * K1)
+            K3 = jv(x3, g3, Phi + 0.5 * dh3 * K2)
+            K4 = jv(x4, g4, Phi + dh3 * K3)
             Phi = Phi + dh3 / 6.0 * (K1 + 2.0 * K2 + 2.0 * K3 + K4)
         h = h + dh / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
         if record:
