@@ -355,13 +355,15 @@ def _start_and_signal(args, out, n_reports, sig):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    workers = []
+    workers: list = []
+    scanned = 0.0
     while time.monotonic() < deadline and proc.poll() is None:
-        if Path("/proc").is_dir():
+        if Path("/proc").is_dir() and time.monotonic() - scanned > 0.25:  # a scan of /proc is not free
             workers = sorted(set(workers) | set(_children(proc.pid)))
+            scanned = time.monotonic()
         if len(list(out.glob(f"*.{ANALYSIS}.json"))) >= n_reports:
             break
-        time.sleep(0.02)
+        time.sleep(0.05)
     proc.send_signal(sig)
     proc.wait(timeout=60)
     return proc, workers
@@ -375,20 +377,20 @@ def test_sigterm_then_sigkill_midway_then_resume(zoo, tmp_path):
     out = tmp_path / "out"
     args = ["zoo", *map(str, roots), "--analyses", ANALYSIS, "--out", str(out)]
     # SIGTERM (a Slurm time limit): workers stopped, the finished tasks in the summary, exit 130
-    proc, workers = _start_and_signal([*args, "--jobs", "2"], out, 3, signal.SIGTERM)
+    proc, workers = _start_and_signal([*args, "--jobs", "2"], out, 2, signal.SIGTERM)
     stderr = proc.stderr.read()
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted after" in stderr and "run the same command again to resume" in stderr
     _wait_gone(workers)
     partial = read_csv(out / "summary.csv")
-    assert 3 <= len(partial) < len(everything) and len({x["checkpoint"] for x in partial}) == len(partial)
+    assert 2 <= len(partial) < len(everything) and len({x["checkpoint"] for x in partial}) == len(partial)
     # SIGKILL: nothing runs any more code in the parent
     n_ok = sum(x["status"] == "ok" for x in partial)
-    proc, workers = _start_and_signal([*args, "--jobs", "2", "-q"], out, n_ok + 3, signal.SIGKILL)
+    proc, workers = _start_and_signal([*args, "--jobs", "2", "-q"], out, n_ok + 2, signal.SIGKILL)
     # the orphaned workers notice and exit (a task they were running may still finish its report)
     _wait_gone(workers)
     done = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob(f"*.{ANALYSIS}.json")}
-    assert n_ok + 3 <= len(done) < len(good), f"not killed mid-way ({len(done)} reports): {proc.stderr.read()}"
+    assert n_ok + 2 <= len(done) < len(good), f"not killed mid-way ({len(done)} reports): {proc.stderr.read()}"
     for p in done:  # whatever exists is whole
         json.loads(p.read_text())
         with h5py.File(p.with_suffix(".h5"), "r") as f:

@@ -68,7 +68,7 @@ def iter_rows(tasks: Sequence, *, executor: str = "local", jobs: int = 1,
     if scheduler and executor != "dask":
         raise InputError(f"--scheduler {scheduler} needs --executor dask")
     if not tasks:
-        return iter(())
+        return _serial_rows(())
     if executor == "dask":
         return _dask_rows(tasks, jobs, scheduler)
     if jobs == 1:

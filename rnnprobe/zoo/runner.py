@@ -7,6 +7,7 @@ failed checkpoint takes precedence; the last line always says both.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -75,14 +76,17 @@ def run_tasks(tasks: Sequence, out_dir: Path, *, executor: str = "local", jobs: 
         result.rows = [done[i] for i in sorted(done)]
         result.summary_paths = write_summary(out_dir, result.rows, name=name)
 
+    rows = iter_rows(tasks, executor=executor, jobs=jobs, scheduler=scheduler)
     try:
-        for row in iter_rows(tasks, executor=executor, jobs=jobs, scheduler=scheduler):
-            done[row["index"]] = row
-            if on_row is not None:
-                on_row(row)
-            if time.monotonic() - last > write_every:
-                flush()
-                last = time.monotonic()
+        # closing(): an interrupt raised in on_row stops the workers now, not when the generator is collected
+        with contextlib.closing(rows):
+            for row in rows:
+                done[row["index"]] = row
+                if on_row is not None:
+                    on_row(row)
+                if time.monotonic() - last > write_every:
+                    flush()
+                    last = time.monotonic()
     except KeyboardInterrupt:
         result.interrupted = True
     flush()
