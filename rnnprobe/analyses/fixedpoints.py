@@ -59,7 +59,7 @@ class FixedpointsOptions(Options):
         "Steps of the autonomous (zero-input) trajectories sampled when no task is known."))
     tol: float = option(1e-12, min=0.0, min_open=True, help="q = 1/2 ||F(h) - h||^2 at or below this: fixed point.")
     slow_tol: float = option(1e-6, min=0.0, min_open=True, help="q at or below this (above --tol): slow point.")
-    max_iter: int = option(100, min=1, help="Newton iterations per candidate (a cap).")
+    max_iter: int = option(50, min=1, help="Newton iterations per candidate (a cap).")
     warmup_steps: int = option(25, min=0, help=(
         "First-order (Adam) steps on q for every candidate before Newton: they widen the basins of saddles."))
     merge_tol: float = option(1e-3, min=0.0, help=(

@@ -10,7 +10,7 @@ Neural Computation 25:626) are points where ``q`` is small but not zero.
 
 Public functions (stable signatures; other analyses import them):
 
-``find_fixed_points(cell, u_star, initial_states, *, tol=1e-12, slow_tol=1e-6, max_iter=100, ...)``
+``find_fixed_points(cell, u_star, initial_states, *, tol=1e-12, slow_tol=1e-6, max_iter=50, ...)``
     -> :class:`FixedPointSet`: the distinct fixed / slow points, their ``q``,
     labels and how many candidates reached each, plus every candidate's fate.
 ``linearize(cell, states, u=None, *, eigenvectors=True)``
@@ -82,7 +82,7 @@ STABLE, MARGINAL, SADDLE, UNSTABLE = 0, 1, 2, 3
 STABILITY = ("stable", "marginal", "saddle", "unstable")
 
 # solver states of a candidate
-_ACTIVE, _DONE, _FOLLOWER = 0, 1, 2
+_ACTIVE, _DONE, _FOLLOWER, _STALLED = 0, 1, 2, 3
 
 
 # ----------------------------------------------------------------------------------
@@ -164,10 +164,13 @@ class _System:
 
     def value_and_grad(self, x: torch.Tensor):
         """``G(x)``, ``q(x)`` and ``grad q = J_G^T G`` with one forward and one backward pass."""
-        u = self.u
-        F, pullback = torch.func.vjp(lambda s: self.cell.step(s, u), x)
-        g = F - x
-        return g, 0.5 * (g * g).sum(-1), pullback(g)[0] - g
+        # plain autograd (torch.func.vjp would import torch._dynamo: seconds on a cold start)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            F = self.cell.step(xg, self.u)
+            g = (F - xg).detach()
+            (JTg,) = torch.autograd.grad(F, xg, g)
+        return g, 0.5 * (g * g).sum(-1), JTg - g
 
     def operator(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """``v -> (J - I) v`` at ``x``; for Elman cells phi' is computed once, not per product."""
@@ -444,13 +447,15 @@ def find_fixed_points(
     *,
     tol: float = 1e-12,
     slow_tol: float = 1e-6,
-    max_iter: int = 100,
+    max_iter: int = 50,
     warmup_steps: int = 25,
     warmup_lr: float = 0.1,
     first_order_steps: int = 100,
     first_order_lr: float = 0.01,
     krylov_dim: int = 12,
     direct_max: int = 64,
+    direct_dim: int = 64,
+    polish_iter: int = 4,
     merge_tol: float = 1e-3,
     dedupe_tol: float = 1e-6,
     patience: int = 8,
@@ -460,7 +465,7 @@ def find_fixed_points(
 ) -> FixedPointSet:
     """Fixed and slow points of ``h -> cell.step(h, u*)`` from a batch of initial states.
 
-    ``find_fixed_points(cell, u_star, initial_states, *, tol=1e-12, slow_tol=1e-6, max_iter=100, ...)``
+    ``find_fixed_points(cell, u_star, initial_states, *, tol=1e-12, slow_tol=1e-6, max_iter=50, ...)``
 
     Returns a :class:`FixedPointSet`. A candidate is a fixed point when
     ``q = 1/2 ||F(h, u*) - h||^2 <= tol``, a slow point when ``q <= slow_tol``,
@@ -475,7 +480,7 @@ def find_fixed_points(
             ``[n, n_inputs]`` (one per candidate; see ``groups``).
         initial_states: ``[n, n_state]`` candidates (tensor or array).
         tol, slow_tol: the q thresholds of the labels.
-        max_iter: Newton iterations per candidate (a cap; typical runs need 5-10).
+        max_iter: Newton iterations per candidate (a cap; typical runs need 5-15).
         warmup_steps, warmup_lr: Adam steps on q for every candidate before
             Newton, with learning rate ``warmup_lr * scale``. They pull noisy
             candidates onto the slow manifold, which widens the Newton basins
@@ -486,7 +491,9 @@ def find_fixed_points(
         krylov_dim: GMRES dimension of the matrix-free Newton steps.
         direct_max: at most this many active candidates use explicit Jacobians
             (LU; Levenberg-Marquardt after a rejected step); more use GMRES.
-            State sizes up to ``2 * krylov_dim`` always use explicit Jacobians.
+        direct_dim: state sizes up to this always use explicit Jacobians.
+        polish_iter: Newton iterations a candidate may spend below ``tol``
+            polishing towards round-off (quadratic convergence needs 1-2).
         merge_tol: candidates whose full Newton steps have shrunk below
             ``merge_tol * scale`` (sup norm) and settle within that distance
             of each other are merged: one continues, the others wait and are
@@ -549,6 +556,7 @@ def find_fixed_points(
     last_step = torch.full((n,), float("inf"), dtype=dt, device=dev)
     iters = torch.zeros(n, dtype=torch.long, device=dev)
     q_check = q.clone()  # q at the last progress check (every `patience` iterations)
+    below_tol = torch.zeros(n, dtype=torch.long, device=dev)  # iterations spent at q <= tol
     check_at = torch.full((n,), patience, dtype=torch.long, device=dev)
     state[q <= q_floor] = _DONE
 
@@ -558,12 +566,26 @@ def find_fixed_points(
             act = ((state == _ACTIVE) & (iters < max_iter)).nonzero()[:, 0]
             state[(state == _ACTIVE) & (iters >= max_iter)] = _DONE
             if act.numel() == 0:
-                return
+                stalled = (state == _STALLED).nonzero()[:, 0]
+                if stalled.numel() == 0:
+                    return
+                # the first-order stage, once per candidate, for all that stalled, in one batch
+                stats["first_order"] += int(stalled.numel())
+                xa, ga, qa = _adam(system.sub(stalled), x[stalled], first_order_steps, first_order_lr * scale)
+                x[stalled], g[stalled], q[stalled] = xa.detach(), ga.detach(), qa.detach()
+                state[stalled] = _ACTIVE
+                first_order_done[stalled] = True
+                fails[stalled] = 0
+                mu[stalled] = 0
+                last_step[stalled] = float("inf")
+                q_check[stalled] = q[stalled]
+                check_at[stalled] = iters[stalled] + patience
+                continue
             stats["newton_iterations"] += 1
             stats.setdefault("active", []).append(int(act.numel()))
             if progress is not None:
                 progress.advance()
-            all_direct = act.numel() <= direct_max or S <= 2 * krylov_dim
+            all_direct = act.numel() <= direct_max or S <= direct_dim
             use_direct = direct[act] | all_direct
             for sel, method in ((act[use_direct], "direct"), (act[~use_direct], "krylov")):
                 if sel.numel() == 0:
@@ -592,7 +614,9 @@ def find_fixed_points(
                 else:
                     direct[sel[~ok]] = True
                 fails[sel] = torch.where(ok, torch.zeros_like(fails[sel]), fails[sel] + 1)
-                done = (qn <= q_floor) | ((qn <= tol) & (~ok | (step <= 16 * eps * scale)))
+                below_tol[sel] += (qn <= tol).long()
+                done = (qn <= q_floor) | ((qn <= tol) & (~ok | (step <= 16 * eps * scale)
+                                                        | (below_tol[sel] >= polish_iter)))
                 state[sel[done]] = _DONE
                 # merging: full steps that have become small and keep shrinking
                 if merge_tol > 0:
@@ -600,27 +624,16 @@ def find_fixed_points(
                         & ~no_merge[sel] & ~done
                     _merge(sel[settle])
                 last_step[sel] = torch.where(ok, step, last_step[sel])
-            # no real progress (q down by less than 1 %) over the last `patience` iterations: stalled too
+            # no real progress (q not even halved) over the last `patience` iterations: stalled too
             due = (state == _ACTIVE) & (iters >= check_at)
-            slow = due & (q > tol) & (q > 0.99 * q_check)
+            slow = due & (q > tol) & (q > 0.5 * q_check)
             q_check = torch.where(due, q, q_check)
             check_at = torch.where(due, iters + patience, check_at)
             stalled = ((state == _ACTIVE) & ((fails >= patience) | slow)).nonzero()[:, 0]
             if stalled.numel():
-                again = stalled[~first_order_done[stalled]]
-                state[stalled[first_order_done[stalled]]] = _DONE
-                if again.numel() and first_order_steps > 0:
-                    stats["first_order"] += int(again.numel())
-                    xa, ga, qa = _adam(system.sub(again), x[again], first_order_steps, first_order_lr * scale)
-                    x[again], g[again], q[again] = xa.detach(), ga.detach(), qa.detach()
-                    first_order_done[again] = True
-                    fails[again] = 0
-                    mu[again] = 0
-                    last_step[again] = float("inf")
-                    q_check[again] = q[again]
-                    check_at[again] = iters[again] + patience
-                elif again.numel():
-                    state[again] = _DONE
+                retry = ~first_order_done[stalled] & (first_order_steps > 0)
+                state[stalled[retry]] = _STALLED
+                state[stalled[~retry]] = _DONE
 
     def _merge(settling: torch.Tensor):
         if settling.numel() < 1:
@@ -858,7 +871,7 @@ class MemoryBasis:
 
     Attributes:
         kind: ``eigen``, ``schur`` or ``file``.
-        Xi: ``[K, S, m]`` basis (columns: the memory directions, unit norm).
+        Xi: ``[K, S, m]`` basis (columns: the memory directions, of unit RMS norm).
         Xi_pinv: ``[K, m, S]`` its (pseudo-)inverse.
         Phi: ``[K, m, m]`` the interaction of the memories, ``Xi^+ J Xi``.
         input_map: ``[K, m, n_inputs]`` ``Xi^+ B``: which subspaces each input writes into.
@@ -881,7 +894,8 @@ class MemoryBasis:
 def real_eigen_basis(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor) -> torch.Tensor:
     """The real basis of eigen-blocks: ``v`` for a real eigenvalue, ``[Re v, Im v]`` for a
     conjugate pair (taken from the member with positive imaginary part, its phase chosen so
-    that ``Re v`` and ``Im v`` are orthogonal), in the order of ``eigenvalues``; unit columns.
+    that ``Re v`` and ``Im v`` are orthogonal), in the order of ``eigenvalues``; unit columns for
+    real eigenvalues, a common scale with ``||Re v||^2 + ||Im v||^2 = 2`` for a pair.
 
     ``eigenvalues`` [K, S] complex (exact conjugate pairs, as LAPACK returns them for a real
     matrix), ``eigenvectors`` [K, S, S] -> ``Xi`` [K, S, S] real. In this basis ``J`` is
@@ -905,9 +919,13 @@ def real_eigen_basis(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor) -> t
     cplx = imag[k, e] > 0
     kc, ec = k[cplx], e[cplx]
     Xi[kc, :, start[kc, ec] + 1] = V.imag[kc, :, ec]
-    # real eigenvalues: their eigenvector is real up to a global phase; the phase step made it real
-    norms = Xi.norm(dim=1, keepdim=True)
-    return Xi / torch.where(norms > 0, norms, torch.ones_like(norms))
+    # real eigenvalues: their eigenvector is real up to a global phase; the phase step made it real.
+    # Columns of a pair share one scale (their RMS norm), which keeps the block [[a, b], [-b, a]].
+    norms = Xi.norm(dim=1)
+    pair = torch.sqrt(0.5 * (norms[kc, start[kc, ec]] ** 2 + norms[kc, start[kc, ec] + 1] ** 2))
+    norms[kc, start[kc, ec]] = pair
+    norms[kc, start[kc, ec] + 1] = pair
+    return Xi / torch.where(norms > 0, norms, torch.ones_like(norms))[:, None, :]
 
 
 def _schur_bases(J: torch.Tensor):

@@ -1,0 +1,495 @@
+"""rnnprobe fixedpoints: the solver, the linearisation and the memory basis against known answers.
+
+Every reference is computed here independently (closed forms, scipy's brentq,
+numpy), never from the solver's own earlier output.
+"""
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import brentq
+from typer.testing import CliRunner
+
+from rnnprobe.analyses.base import RunContext
+from rnnprobe.analyses.fixedpoints import ANALYSIS, FixedpointsOptions, run, task_conditions
+from rnnprobe.cells import ElmanCell, GRUCell, LSTMCell
+from rnnprobe.errors import InputError
+from rnnprobe.model import Model
+from rnnprobe.numerics import fixedpoints as fp
+from rnnprobe.pipeline import RunSettings, analyze
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_checkpoints"
+
+# x* = tanh(2 x*), the positive stable state of a self-excitation w = 2
+X_STAR = brentq(lambda x: x - np.tanh(2.0 * x), 0.5, 1.0)
+CONTRACTING = np.array([0.3, -0.5, 0.6, 0.2])
+
+
+def bistable_net():
+    """Three decoupled units with self-weight 2 beside four contracting ones (|w| < 1)."""
+    w = np.concatenate([[2.0, 2.0, 2.0], CONTRACTING])
+    W_uh = np.zeros((7, 2))
+    W_uh[0, 0] = W_uh[1, 1] = 1.0
+    W_r = np.eye(7)[:3]
+    return np.diag(w), ElmanCell(np.diag(w), W_uh, None, W_r)
+
+
+def uniform_init(n, dim, seed, lo=-1.3, hi=1.3):
+    return np.random.default_rng(seed).uniform(lo, hi, size=(n, dim))
+
+
+def numpy_residual(W, b, states, u=None, W_uh=None):
+    """||tanh(W h + W_uh u + b) - h|| per state, in numpy."""
+    pre = states @ W.T + (0.0 if b is None else b)
+    if u is not None:
+        pre = pre + u @ W_uh.T
+    return np.linalg.norm(np.tanh(pre) - states, axis=1)
+
+
+# ---------------------------------------------------------------------------------
+# known answer: 27 fixed points of three bistable units
+# ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bistable_points():
+    W, cell = bistable_net()
+    x0 = uniform_init(600, 7, seed=0)
+    return W, cell, fp.find_fixed_points(cell, None, x0)
+
+
+def test_bistable_units_all_27_points(bistable_points):
+    W, cell, fps = bistable_points
+    assert fps.n_unique == 27
+    assert fps.n_label(fp.UNCONVERGED) == 0 and int(fps.counts.sum()) == 600
+    # the expected points: each bistable unit at -x*, 0 or +x*, the contracting units at 0
+    grid = np.array(np.meshgrid(*[[-X_STAR, 0.0, X_STAR]] * 3, indexing="ij")).reshape(3, -1).T
+    expected = np.concatenate([grid, np.zeros((27, 4))], axis=1)
+    got = fps.states.numpy()
+    dist = np.abs(got[:, None, :] - expected[None, :, :]).max(-1)
+    assert np.all(dist.min(axis=1) <= 1e-12) and len(set(dist.argmin(axis=1))) == 27
+    # every point is a fixed point to round-off, recomputed in numpy
+    assert numpy_residual(W, None, got).max() <= 1e-10
+    assert fps.q.max() <= 1e-24
+
+
+def test_bistable_stability_and_eigenvalues(bistable_points):
+    W, cell, fps = bistable_points
+    lin = fp.linearize(cell, fps.states)
+    codes, n_unstable, n_marginal = fp.classify(lin.eigenvalues, 1e-3)
+    x = fps.states.numpy()
+    zeros = (np.abs(x[:, :3]) < 0.5).sum(axis=1)  # units sitting at the unstable state 0
+    assert np.array_equal(n_unstable.numpy(), zeros)
+    stable = codes.numpy() == fp.STABLE
+    assert stable.sum() == 8
+    # the 8 stable points are exactly (+-x*, +-x*, +-x*)
+    assert np.allclose(np.abs(x[stable, :3]), X_STAR, atol=1e-12)
+    assert np.all(codes.numpy()[~stable] == fp.SADDLE) and n_marginal.sum() == 0
+    # eigenvalues: 2 (1 - x_i^2) for the bistable units, the contracting weights for the others
+    for k in range(27):
+        expect = np.sort_complex(np.concatenate([2.0 * (1.0 - x[k, :3] ** 2), CONTRACTING]).astype(complex))
+        got = np.sort_complex(lin.eigenvalues[k].numpy())
+        np.testing.assert_allclose(got, expect, atol=1e-12)
+    # sorted by decreasing modulus
+    mod = lin.eigenvalues.abs().numpy()
+    assert np.all(np.diff(mod, axis=1) <= 1e-15)
+    # B = dF/du = diag(1 - h^2) W_uh
+    np.testing.assert_allclose(lin.input_jacobians[:, 0, 0].numpy(), 1 - x[:, 0] ** 2, atol=1e-14)
+    tau = fp.time_constants(lin.eigenvalues)
+    np.testing.assert_allclose(tau.numpy(), -1.0 / np.log(mod), rtol=1e-12)
+
+
+def test_solver_without_merging_or_warm_start_agrees(bistable_points):
+    _, cell, fps = bistable_points
+    plain = fp.find_fixed_points(cell, None, uniform_init(600, 7, seed=0), merge_tol=0.0, warmup_steps=0)
+    assert plain.stats["merged"] == 0 and plain.n_unique == 27
+    d = torch.cdist(plain.states, fps.states, compute_mode="donot_use_mm_for_euclid_dist")
+    assert float(d.min(dim=1).values.max()) <= 1e-12
+
+
+# ---------------------------------------------------------------------------------
+# independent residual check on a random trained-like net and on an untrained chaotic one
+# ---------------------------------------------------------------------------------
+def test_untrained_gain_15_net_reports_no_unconverged_point():
+    N = 128
+    rng = np.random.default_rng(3)
+    W = 1.5 * rng.standard_normal((N, N)) / np.sqrt(N)
+    cell = ElmanCell(W)
+    with torch.no_grad():
+        traj = cell.autonomous(torch.as_tensor(rng.standard_normal((8, N))), 40).reshape(-1, N)
+    x0 = traj[torch.as_tensor(rng.permutation(traj.shape[0])[:96])] + 0.3 * torch.as_tensor(
+        rng.standard_normal((96, N)))
+    fps = fp.find_fixed_points(cell, None, x0, max_iter=40, first_order_steps=20)
+    labels = fps.candidate_labels.numpy()
+    q_np = 0.5 * numpy_residual(W, None, fps.candidate_states.numpy()) ** 2
+    # the labels agree with q recomputed in numpy
+    assert np.all(q_np[labels == fp.FIXED] <= 1e-12)
+    assert np.all(q_np[labels == fp.UNCONVERGED] > 1e-6 * (1 - 1e-9))
+    # reported points are fixed or slow, never unconverged, and the fixed ones are fixed to 1e-10
+    assert fps.n_unique >= 1
+    pts = fps.states.numpy()
+    res = numpy_residual(W, None, pts)
+    assert np.all(res[fps.labels.numpy() == fp.FIXED] <= 1e-10)
+    assert np.all(0.5 * res**2 <= 1e-6)
+    assert set(fps.candidate_point.numpy()[labels == fp.UNCONVERGED]) <= {-1}
+    # the origin is a fixed point of tanh(W h); if it was found it is a saddle with many unstable directions
+    ev = np.linalg.eigvals(W)
+    lin = fp.linearize(cell, fps.states)
+    _, n_unstable, _ = fp.classify(lin.eigenvalues, 1e-3)
+    at_origin = np.abs(pts).max(axis=1) < 1e-8
+    if at_origin.any():
+        assert int(n_unstable[at_origin][0]) == int((np.abs(ev) > 1 + 1e-3).sum())
+
+
+# ---------------------------------------------------------------------------------
+# memory basis: the linear repeat-copy network
+# ---------------------------------------------------------------------------------
+def repeat_copy(s=4, kappa=2, rho=0.95, extra=(0.3, -0.2), seed=0):
+    """W = Xi Phi Xi^{-1}, Phi = rho * (cyclic shift of s subspaces of dimension kappa) (+) decaying modes."""
+    rng = np.random.default_rng(seed)
+    m = s * kappa
+    N = m + len(extra)
+    P = np.zeros((s, s))
+    P[(np.arange(s) + 1) % s, np.arange(s)] = 1.0  # subspace j -> j+1
+    Phi = np.zeros((N, N))
+    Phi[:m, :m] = rho * np.kron(P, np.eye(kappa))
+    Phi[m:, m:] = np.diag(extra)
+    Xi = rng.standard_normal((N, N)) + 2 * np.eye(N)
+    W = Xi @ Phi @ np.linalg.inv(Xi)
+    W_uh = Xi[:, m - kappa:m]  # inputs write into the last subspace
+    W_r = np.linalg.inv(Xi)[m - kappa:m]  # the readout reads it
+    return W, W_uh, W_r, Xi, Phi
+
+
+@pytest.mark.parametrize("basis", ["eigen", "schur"])
+def test_repeat_copy_cycle_is_found(basis):
+    s, kappa = 4, 2
+    W, W_uh, W_r, Xi, Phi = repeat_copy(s, kappa)
+    cell = ElmanCell(W, W_uh, None, W_r, nonlinearity="linear")
+    fps = fp.find_fixed_points(cell, None, np.random.default_rng(1).standard_normal((32, W.shape[0])))
+    assert fps.n_unique == 1 and float(fps.states.abs().max()) <= 1e-12
+    lin = fp.linearize(cell, fps.states, eigenvectors=basis == "eigen")
+    np.testing.assert_allclose(lin.jacobians[0].numpy(), W, atol=1e-13)  # J = W for a linear net
+    mb = fp.memory_basis(lin.jacobians, lin.input_jacobians, torch.as_tensor(W_r)[None], basis,
+                         eigenvalues=lin.eigenvalues, eigenvectors=lin.eigenvectors)
+    assert float(mb.reconstruction_error[0]) <= 1e-12
+    cyc = fp.detect_cyclic_shift(mb.Phi, eigenvalues=lin.eigenvalues)
+    assert int(cyc.period[0]) == s and int(cyc.kappa[0]) == kappa
+    assert float(cyc.residual[0]) <= 1e-10 and abs(float(cyc.modulus[0]) - 0.95) <= 1e-12
+    # the cyclic basis really is shifted: W (Xi C_j) = rho (Xi C_{j+1})
+    C = mb.Xi[0].numpy() @ cyc.basis[0].numpy()
+    blocks = [C[:, j * kappa:(j + 1) * kappa] for j in range(s)]
+    for j in range(s):
+        np.testing.assert_allclose(W @ blocks[j], 0.95 * blocks[(j + 1) % s], atol=1e-10)
+
+
+def test_repeat_copy_user_basis_recovers_phi_and_maps():
+    W, W_uh, W_r, Xi, Phi = repeat_copy()
+    cell = ElmanCell(W, W_uh, None, W_r, nonlinearity="linear")
+    J = torch.as_tensor(W)[None]
+    B = torch.as_tensor(W_uh)[None]
+    mb = fp.memory_basis(J, B, torch.as_tensor(W_r)[None], Xi)
+    np.testing.assert_allclose(mb.Phi[0].numpy(), Phi, atol=1e-10)
+    m = 8
+    expected_in = np.zeros((W.shape[0], 2))
+    expected_in[m - 2:m] = np.eye(2)  # the input writes into the last subspace only
+    np.testing.assert_allclose(mb.input_map[0].numpy(), expected_in, atol=1e-10)
+    np.testing.assert_allclose(mb.readout_map[0].numpy(), expected_in.T, atol=1e-10)
+    cyc = fp.detect_cyclic_shift(mb.Phi)
+    assert int(cyc.period[0]) == 4 and float(cyc.residual[0]) <= 1e-10
+    assert cell.n_state == W.shape[0]
+
+
+def test_lossless_repeat_copy_is_marginal_with_period():
+    """rho = 1 (the paper's Phi): 0 is a fixed point on a plane of them; all 8 cycle modes are marginal."""
+    W, W_uh, W_r, Xi, Phi = repeat_copy(rho=1.0)
+    cell = ElmanCell(W, W_uh, None, W_r, nonlinearity="linear")
+    fps = fp.find_fixed_points(cell, None, np.zeros((1, W.shape[0])))
+    assert fps.n_unique == 1 and float(fps.q[0]) == 0.0
+    lin = fp.linearize(cell, fps.states)
+    codes, n_unstable, n_marginal = fp.classify(lin.eigenvalues, 1e-6)
+    assert int(codes[0]) == fp.MARGINAL and int(n_marginal[0]) == 8 and int(n_unstable[0]) == 0
+    mb = fp.memory_basis(lin.jacobians, lin.input_jacobians, None, "eigen",
+                         eigenvalues=lin.eigenvalues, eigenvectors=lin.eigenvectors)
+    cyc = fp.detect_cyclic_shift(mb.Phi, eigenvalues=lin.eigenvalues)
+    assert int(cyc.period[0]) == 4 and float(cyc.residual[0]) <= 1e-10
+
+
+def test_no_cycle_in_the_bistable_net(bistable_points):
+    _, cell, fps = bistable_points
+    lin = fp.linearize(cell, fps.states)
+    mb = fp.memory_basis(lin.jacobians, lin.input_jacobians, None, "eigen",
+                         eigenvalues=lin.eigenvalues, eigenvectors=lin.eigenvectors)
+    assert int(fp.detect_cyclic_shift(mb.Phi, eigenvalues=lin.eigenvalues).period.max()) == 0
+    # eigen basis: Phi is diagonal here (real spectrum) and equals the eigenvalues
+    diag = torch.diagonal(mb.Phi, dim1=1, dim2=2)
+    np.testing.assert_allclose(diag.numpy(), lin.eigenvalues.real.numpy(), atol=1e-12)
+
+
+def test_real_eigen_basis_blocks():
+    """Complex pairs become [[a, b], [-b, a]] blocks in the real eigen-block basis."""
+    rng = np.random.default_rng(5)
+    Q = np.linalg.qr(rng.standard_normal((5, 5)))[0] + 0.3 * rng.standard_normal((5, 5))
+    D = np.zeros((5, 5))
+    D[0:2, 0:2] = [[0.5, 0.4], [-0.4, 0.5]]
+    D[2, 2], D[3:5, 3:5] = 0.3, [[-0.2, 0.1], [-0.1, -0.2]]
+    J = torch.as_tensor(Q @ D @ np.linalg.inv(Q))[None]
+    lam, V = fp._sort_spectrum(*torch.linalg.eig(J))
+    Xi = fp.real_eigen_basis(lam, V)
+    Phi = (torch.linalg.inv(Xi) @ J @ Xi)[0].numpy()
+    off = Phi.copy()
+    off[0:2, 0:2] = off[2, 2] = off[3:5, 3:5] = 0
+    assert np.abs(off).max() <= 1e-12
+    for a, b in ((0, 2), (3, 5)):
+        blk = Phi[a:b, a:b]
+        ev = np.linalg.eigvals(blk)
+        assert abs(blk[0, 0] - blk[1, 1]) <= 1e-12 and abs(blk[0, 1] + blk[1, 0]) <= 1e-12
+        assert np.allclose(np.sort(np.abs(ev)), np.abs(lam[0].numpy()[a]), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------
+# gated cells with known structure
+# ---------------------------------------------------------------------------------
+def test_gru_with_constant_gates():
+    """r, z constant (no recurrent weights into them): h* = tanh(r w h*) per unit; r w = 2 -> 9 points."""
+    N = 2
+    b_r, b_z = 1.0, -1.0
+    r, z = 1 / (1 + np.exp(-b_r)), 1 / (1 + np.exp(-b_z))
+    w = 2.0 / r
+    W_hh = np.zeros((3 * N, N))
+    W_hh[2 * N:] = w * np.eye(N)
+    b_hh = np.concatenate([np.full(N, b_r), np.full(N, b_z), np.zeros(N)])
+    cell = GRUCell(np.zeros((3 * N, 1)), W_hh, None, b_hh)
+    fps = fp.find_fixed_points(cell, None, uniform_init(200, N, seed=2))
+    assert fps.n_unique == 9 and fps.n_label(fp.UNCONVERGED) == 0
+    x = fps.states.numpy()
+    assert np.all(np.min(np.abs(np.abs(x[:, :, None]) - np.array([0.0, X_STAR])), axis=2) <= 1e-12)
+    lin = fp.linearize(cell, fps.states)
+    # dF/dh for unit i: (1 - z) r w (1 - h_i^2) + z, decoupled
+    expect = np.sort((1 - z) * r * w * (1 - x**2) + z, axis=1)
+    np.testing.assert_allclose(np.sort(lin.eigenvalues.real.numpy(), axis=1), expect, atol=1e-12)
+    codes, _, _ = fp.classify(lin.eigenvalues, 1e-3)
+    assert int((codes == fp.STABLE).sum()) == 4
+
+
+def test_lstm_with_constant_gates():
+    """i, f, o constant: c* = a tanh(w h*), h* = o tanh(c*), a = i / (1 - f); two bistable units."""
+    N = 2
+    b_i, b_f, b_o, w = 0.0, 0.0, 5.0, 3.0
+    i_, f_, o_ = (1 / (1 + np.exp(-b)) for b in (b_i, b_f, b_o))
+    a = i_ / (1 - f_)
+    h_star = brentq(lambda h: h - o_ * np.tanh(a * np.tanh(w * h)), 0.1, 1.0)
+    c_star = a * np.tanh(w * h_star)
+    W_hh = np.zeros((4 * N, N))
+    W_hh[2 * N:3 * N] = w * np.eye(N)
+    b_hh = np.concatenate([np.full(N, b_i), np.full(N, b_f), np.zeros(N), np.full(N, b_o)])
+    cell = LSTMCell(np.zeros((4 * N, 1)), W_hh, None, b_hh)
+    x0 = np.concatenate([uniform_init(200, N, seed=4), uniform_init(200, N, seed=5)], axis=1)
+    fps = fp.find_fixed_points(cell, None, x0)
+    assert fps.n_unique == 9 and fps.n_label(fp.UNCONVERGED) == 0
+    s = fps.states.numpy()
+    h, c = s[:, :N], s[:, N:]
+    assert np.all(np.min(np.abs(np.abs(h[:, :, None]) - np.array([0.0, h_star])), axis=2) <= 1e-12)
+    np.testing.assert_allclose(c, a * np.tanh(w * h), atol=1e-12)
+    assert np.all(np.abs(np.abs(c[np.abs(h) > 0.5]) - c_star) <= 1e-12)
+    # eigenvalues: per unit the 2x2 Jacobian of (h, c) -> (o tanh(c'), c'), c' = f c + i tanh(w h)
+    lin = fp.linearize(cell, fps.states)
+    for k in range(9):
+        ev = []
+        for j in range(N):
+            dc_dh = i_ * w * (1 - np.tanh(w * h[k, j]) ** 2)
+            sech = o_ * (1 - np.tanh(c[k, j]) ** 2)
+            ev += list(np.linalg.eigvals(np.array([[sech * dc_dh, sech * f_], [dc_dh, f_]])))
+        np.testing.assert_allclose(np.sort_complex(lin.eigenvalues[k].numpy()), np.sort_complex(np.array(ev)),
+                                   atol=1e-12)
+    codes, _, _ = fp.classify(lin.eigenvalues, 1e-3)
+    assert int((codes == fp.STABLE).sum()) == 4
+
+
+def test_line_attractor_is_marginal():
+    """W = diag(1, 0.5), linear: every (x, 0) is fixed; the points found are marginal, dimension 1."""
+    cell = ElmanCell(np.diag([1.0, 0.5]), nonlinearity="linear")
+    x0 = np.random.default_rng(6).standard_normal((40, 2))
+    fps = fp.find_fixed_points(cell, None, x0)
+    assert fps.n_label(fp.UNCONVERGED) == 0
+    assert float(fps.states[:, 1].abs().max()) <= 1e-10
+    # each candidate lands on the line where Levenberg-Marquardt takes it: distinct points
+    assert fps.n_unique > 1
+    lin = fp.linearize(cell, fps.states)
+    codes, _, n_marginal = fp.classify(lin.eigenvalues, 1e-6)
+    assert bool((codes == fp.MARGINAL).all()) and bool((n_marginal == 1).all())
+
+
+# ---------------------------------------------------------------------------------
+# deduplication
+# ---------------------------------------------------------------------------------
+def test_deduplicate_keeps_lowest_q_and_respects_groups():
+    rng = np.random.default_rng(7)
+    centres = rng.uniform(-1, 1, size=(5, 3))
+    pts = np.repeat(centres, 20, axis=0) + 1e-9 * rng.standard_normal((100, 3))
+    q = rng.uniform(1e-30, 1e-20, size=100)
+    groups = np.zeros(100, dtype=int)
+    groups[:20] = 1  # the first centre in another input condition: never merged with a copy of itself
+    extra = np.concatenate([pts[:5], 1e-9 + pts[:5]])  # the same centre in group 0
+    pts = np.concatenate([pts, extra])
+    q = np.concatenate([q, rng.uniform(1e-30, 1e-20, size=10)])
+    groups = np.concatenate([groups, np.zeros(10, dtype=int)])
+    reps, assign = fp.deduplicate(torch.as_tensor(pts), torch.as_tensor(q), 1e-6, torch.as_tensor(groups))
+    assert reps.numel() == 6
+    a = assign.numpy()
+    for k in range(6):
+        members = np.nonzero(a == k)[0]
+        assert len(set(groups[members])) == 1
+        assert np.abs(pts[members] - pts[members].mean(0)).max() < 1e-8
+        assert q[reps[k]] == q[members].min()
+    # points farther apart than a few tolerances stay apart
+    far = np.array([[0.0, 0.0], [1e-5, 0.0]])
+    assert fp.deduplicate(torch.as_tensor(far), torch.zeros(2, dtype=torch.float64), 1e-6)[0].numel() == 2
+
+
+# ---------------------------------------------------------------------------------
+# the analysis: options, sampling, conditions, report, CLI
+# ---------------------------------------------------------------------------------
+def bistable_model():
+    return Model(cell=bistable_net()[1])
+
+
+def test_options_are_checked(tmp_path):
+    with pytest.raises(InputError, match="--slow-tol=1e-13 must be >= --tol=1e-12"):
+        FixedpointsOptions(slow_tol=1e-13)
+    with pytest.raises(InputError, match="--basis 'qr' must be eigen, schur, or a .npy/.npz basis file"):
+        FixedpointsOptions(basis="qr")
+    with pytest.raises(InputError, match="--input 'a,b' must be a number"):
+        FixedpointsOptions(input="a,b")
+    with pytest.raises(InputError, match="--init .*nope.npy: no such file"):
+        FixedpointsOptions(init=str(tmp_path / "nope.npy"))
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((4, 3)))
+    with pytest.raises(InputError, match=r"states must be \[n, n_state=7\]; got shape \[4, 3\]"):
+        run(bistable_model(), FixedpointsOptions(init=str(bad)), RunContext())
+    with pytest.raises(InputError, match="has 3 values but the model takes 2 inputs"):
+        run(bistable_model(), FixedpointsOptions(input="0,1,0"), RunContext())
+    with pytest.raises(InputError, match="--input-from-task needs task data"):
+        run(bistable_model(), FixedpointsOptions(input_from_task=True), RunContext())
+
+
+def test_analysis_report_and_json(tmp_path):
+    init = tmp_path / "init.npy"
+    np.save(init, uniform_init(400, 7, seed=8))
+    opts = FixedpointsOptions(init=str(init))
+    model = bistable_model()
+    model.dt = 0.01
+    out = analyze(ANALYSIS, tmp_path / "bistable.pt", opts, RunSettings(out_dir=tmp_path), model=model)
+    s = json.loads(out.paths.json.read_text())
+    assert (s["n_candidates"], s["n_fixed"], s["n_slow"], s["n_unconverged"], s["n_unique"]) == (400, 400, 0, 0, 27)
+    assert s["n_stable"] == 8 and s["n_saddle"] == 19
+    assert len(s["points"]) == 27 and sum(p["count"] for p in s["points"]) == 400
+    assert {"q", "stability", "n_unstable", "max_abs_eig", "tau_max", "count"} <= set(s["points"][0])
+    assert s["memory_basis"]["basis"] == "eigen" and s["memory_basis"]["cyclic"] == []
+    with h5py.File(out.paths.h5, "r") as f:
+        g = f["fixedpoints"]
+        states = g["states"][()]
+        assert states.shape == (27, 7) and g["jacobians"].shape == (27, 7, 7)
+        assert g["stability"].dtype == np.int8 and g["label"].dtype == np.int8
+        assert "eigenvalues_real" in g and "eigenvalues_imag" in g
+        assert g["inputs"].shape == (1, 2)
+        assert g.attrs["stability_codes"] == "stable,marginal,saddle,unstable"
+        # the JSON points and the HDF5 states are in the same order
+        np.testing.assert_allclose([p["q"] for p in s["points"]], g["q"][()])
+        assert [p["n_unstable"] for p in s["points"]] == list(g["n_unstable"][()])
+        np.testing.assert_allclose(g["tau_max_time"][()], 0.01 * g["tau_max"][()])
+        assert g["memory_basis/Phi"].shape == (27, 7, 7)
+        assert g["memory_basis/input_map"].shape == (27, 7, 2) and g["memory_basis/readout_map"].shape == (27, 3, 7)
+        W = np.diag(np.concatenate([[2.0] * 3, CONTRACTING]))
+        assert numpy_residual(W, None, states).max() <= 1e-10
+    assert sorted(out.paths.plots) == ["eigenvalues", "phi", "points"]
+
+
+def test_sampling_from_autonomous_trajectories_and_plots(tmp_path):
+    opts = FixedpointsOptions(n_init=300, noise=0.6, trajectory_steps=20)
+    out = analyze(ANALYSIS, tmp_path / "bistable.pt", opts, RunSettings(out_dir=tmp_path, seed=1),
+                  model=bistable_model())
+    r = out.result
+    assert r.n_candidates == 300 and r.n_unconverged == 0
+    assert "autonomous trajectories" in r.initial_states_source
+    assert sorted(out.paths.plots) == ["eigenvalues", "phi", "points"]
+    assert r.pca["trajectories"].shape[-1] == 3
+    # all reported points are among the 27 and fixed to round-off
+    x = r.states
+    assert np.all(np.min(np.abs(np.abs(x[:, :3, None]) - np.array([0.0, X_STAR])), axis=2) <= 1e-12)
+    assert np.abs(x[:, 3:]).max() <= 1e-12 and r.q.max() <= 1e-24
+
+
+def test_input_conditions_from_the_task():
+    """CDI's context cue is constant within trials: one set of points per context."""
+    from rnnprobe import tasks
+
+    data = tasks.make_task("cdi", batch=64, seed=0)
+    conds, trial, static = task_conditions(data.inputs, 8)
+    assert static.tolist() == [False, False, True, True]
+    np.testing.assert_array_equal(conds, [[0, 0, 0, 1], [0, 0, 1, 0]])
+    ctx_of_trial = np.argmax(data.inputs[:, 0, 2:], axis=1)
+    assert np.array_equal(trial, 1 - ctx_of_trial)
+    # a net whose fixed point moves with the cue: W = 0.5 I, cue channels drive units 0 and 1
+    N = 6
+    W_uh = np.zeros((N, 4))
+    W_uh[0, 2], W_uh[1, 3] = 1.0, -1.0
+    cell = ElmanCell(0.5 * np.eye(N), W_uh, None, np.eye(N)[:1])
+    ctx = RunContext(task_source=lambda b: tasks.make_task("cdi", batch=b, seed=0))
+    r = run(Model(cell=cell), FixedpointsOptions(input_from_task=True, n_init=64), ctx)
+    assert r.n_unique == 2 and r.inputs.shape == (2, 4)
+    for k in range(2):
+        u = r.inputs[r.condition[k]]
+        res = numpy_residual(0.5 * np.eye(N), None, r.states[k:k + 1], u[None], W_uh)
+        assert res.max() <= 1e-12
+    # h0 = tanh(0.5 h0 + 1) for the cue on channel 2
+    h0 = brentq(lambda x: x - np.tanh(0.5 * x + 1.0), 0.0, 2.0)
+    k = int(np.nonzero(r.inputs[r.condition][:, 2] == 1)[0][0])
+    assert abs(r.states[k, 0] - h0) <= 1e-12
+
+
+def test_cli_end_to_end(tmp_path):
+    from rnnprobe.cli.app import app
+
+    W, cell = bistable_net()
+    ckpt = tmp_path / "bist.pt"
+    torch.save({"rnn.weight_hh_l0": torch.as_tensor(W, dtype=torch.float32),
+                "rnn.weight_ih_l0": torch.as_tensor(cell.W_uh, dtype=torch.float32),
+                "rnn.bias_hh_l0": torch.zeros(7), "rnn.bias_ih_l0": torch.zeros(7),
+                "readout.weight": torch.eye(7)[:3], "readout.bias": torch.zeros(3)}, ckpt)
+    init = tmp_path / "init.npz"
+    np.savez(init, states=uniform_init(300, 7, seed=9))
+    r = CliRunner().invoke(app, ["fixedpoints", str(ckpt), "--init", str(init), "--out", str(tmp_path / "o"),
+                                 "--json", "-q", "--no-plots", "--max-unconverged", "0"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["n_unique"] == 27 and s["n_stable"] == 8 and s["gate_failures"] == []
+    r = CliRunner().invoke(app, ["fixedpoints", str(ckpt), "--input", "1,2,3", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--input '1,2,3' has 3 values but the model takes 2 inputs" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["flipflop_gru", "flipflop_lstm"])
+def test_gated_flipflop_samples(name):
+    """The trained 3-bit flip-flop GRU / LSTM: 8 stable fixed points (one per memory) and saddles between."""
+    from rnnprobe import tasks
+    from rnnprobe.checkpoints import LoadOptions, load_checkpoint
+
+    path = SAMPLES / f"{name}.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} not trained yet (python -m rnnprobe.samples)")
+    model = load_checkpoint(path, LoadOptions())
+    ctx = RunContext(task_source=lambda b: tasks.make_task(model.task, batch=b, seed=0))
+    r = run(model, FixedpointsOptions(n_init=256, noise=0.1), ctx)
+    fixed = r.label == fp.FIXED
+    stable = fixed & (r.stability == fp.STABLE)
+    assert stable.sum() == 8
+    # the stable points hold the 8 sign patterns of the three outputs
+    y = model.cell.readout(torch.as_tensor(r.states[stable])).numpy()
+    assert len({tuple(np.sign(v)) for v in y}) == 8 and np.abs(y).min() > 0.5
+    assert (fixed & (r.stability == fp.SADDLE)).sum() >= 1
+    # every fixed point is one, recomputed without the solver
+    F = model.cell.step(torch.as_tensor(r.states[fixed])).numpy()
+    assert np.linalg.norm(F - r.states[fixed], axis=1).max() <= 1e-10
