@@ -64,6 +64,20 @@ RADIUS = AnalysisSpec(name="radius", help="Spectral radius.", options=RadiusOpti
                       example="rnnprobe radius net.pt", uses_task=False)
 
 
+POISON = 0.4242  # W_hh[0, 0] of a checkpoint that kills the worker process analysing it
+
+
+def run_crash(model, options, ctx):
+    W = model.cell.matrices()["W_hh"]
+    if abs(float(W[0, 0]) - POISON) < 1e-6:
+        os._exit(7)  # what an out-of-memory kill or a segfault in native code looks like to the pool
+    return run_radius(model, options, ctx)
+
+
+CRASH = AnalysisSpec(name="crash", help="Spectral radius, or death.", options=RadiusOptions, run=run_crash,
+                     example="rnnprobe crash net.pt", uses_task=False)
+
+
 def _register_radius():
     import rnnprobe.analyses.registry as registry
 
@@ -429,6 +443,28 @@ def test_dask_local_cluster_matches_process_pool(zoo, tmp_path):
     assert runs["pool"] == runs["dask"]
     assert [x["status"] for x in runs["dask"]].count("ok") == N_GOOD
     assert not zoo.marker.exists()
+
+
+# ---- a checkpoint that kills its worker costs only itself ---------------------------------------------------
+def test_a_worker_death_costs_one_checkpoint(tmp_path, monkeypatch):
+    import rnnprobe.analyses.registry as registry
+
+    monkeypatch.setattr(registry, "_CACHE", {**registry.analyses(), "crash": CRASH})
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(5):
+        W = 0.5 * _orthogonal(6, rng)
+        if i == 2:
+            W[0, 0] = POISON
+        paths.append(tmp_path / "zoo" / f"n{i}.npz")
+        paths[-1].parent.mkdir(exist_ok=True)
+        np.savez(paths[-1], W_hh=W, W_in=np.ones((6, 1)))
+    r = invoke(["zoo", tmp_path / "zoo", "--analyses", "crash", "--no-plots", "--out", tmp_path / "out", "--jobs", "2",
+                "-q"])
+    assert r.exit_code == 3, r.output
+    rows = read_csv(tmp_path / "out" / "summary.csv")
+    assert [x["status"] for x in rows] == ["ok", "ok", "failed", "ok", "ok"]
+    assert "worker process died" in rows[2]["error"] and str(paths[2]) in rows[2]["error"]
 
 
 # ---- parts ---------------------------------------------------------------------------------------------------

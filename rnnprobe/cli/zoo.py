@@ -79,7 +79,7 @@ def show_rows(term: Terminal, rows: list[dict], *, gate_keys: tuple[str, ...] = 
     tail = f"... {len(rows) - len(shown)} more rows{' in ' + more_in if more_in else ''}" if len(shown) < len(rows) \
         else ""
     console = term.out if data else term.err
-    if console.is_terminal:
+    if console.is_terminal if data else term.interactive:
         styles = {"failed": "red", "skipped": "dim"}
         table = rows_table(header, cells, row_styles=[styles.get(r["status"]) for r in shown])
         (term.show_data if data else term.show)(table)

@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator, Sequence
 
-from rnnprobe.errors import InputError
+from rnnprobe.errors import AnalysisError, InputError
 from rnnprobe.zoo.worker import THREAD_ENV, _fail, init_worker, run_task
 
 __all__ = ["iter_rows", "EXECUTORS", "thread_env"]
@@ -106,9 +106,24 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _Health:
+    """Whether any worker ever returned a row: if none did and workers keep dying, they cannot start at all."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.deaths = 0
+
+    def died(self) -> None:
+        self.deaths += 1
+        if self.rows == 0 and self.deaths >= 3:
+            raise AnalysisError("worker processes die before finishing any task (they cannot start here?); run "
+                                "with --jobs 1 to see the error, or --debug")
+
+
 def _pool_rows(tasks: Sequence, jobs: int) -> Iterator[dict]:
     queue = collections.deque(tasks)
     suspects: collections.deque = collections.deque()
+    health = _Health()
     with thread_env():
         pool = _new_pool(jobs)
         inflight: dict = {}
@@ -122,21 +137,25 @@ def _pool_rows(tasks: Sequence, jobs: int) -> Iterator[dict]:
                 for fut in done:
                     task = inflight.pop(fut)
                     try:
-                        yield fut.result()
+                        row = fut.result()
                     except BrokenProcessPool:
                         broken = True
                         suspects.append(task)
+                        continue
+                    health.rows += 1
+                    yield row
                 if broken:
+                    health.died()
                     suspects.extend(inflight.values())
                     inflight.clear()
                     _stop(pool)
-                    yield from _run_alone(suspects)
+                    yield from _run_alone(suspects, health)
                     pool = _new_pool(jobs)
         finally:
             _stop(pool)
 
 
-def _run_alone(suspects: collections.deque) -> Iterator[dict]:
+def _run_alone(suspects: collections.deque, health: _Health) -> Iterator[dict]:
     """Each task in its own turn in a one-worker pool: a crash then names its checkpoint."""
     pool = _new_pool(1)
     try:
@@ -144,11 +163,15 @@ def _run_alone(suspects: collections.deque) -> Iterator[dict]:
             task = suspects.popleft()
             t0 = time.perf_counter()
             try:
-                yield pool.submit(run_task, task).result()
+                row = pool.submit(run_task, task).result()
             except BrokenProcessPool:
+                health.died()
                 yield _fail(task, t0, f"{task.checkpoint}: {WORKER_DIED}")
                 _stop(pool)
                 pool = _new_pool(1)
+                continue
+            health.rows += 1
+            yield row
     finally:
         _stop(pool)
 
