@@ -89,12 +89,16 @@ class Action:
         if self.n == 0:
             return x.expand(self.size, *x.shape)
         if self.perm is not None:
+            # one gather straight into the [G, M, n] layout (indexing x[..., perm] and moving the
+            # element axis to the front costs about three times as much), then the signs in place
+            G, lead = self.size, x.shape[:-1]
+            flat = x.reshape(-1, self.n)
             perm = torch.as_tensor(self.perm, device=x.device)
-            sign = torch.as_tensor(self.sign, dtype=x.dtype, device=x.device)
-            out = x[..., perm]  # [..., G, n]
-            out = torch.movedim(out, -2, 0)
-            shape = (self.size,) + (1,) * (x.dim() - 1) + (self.n,)
-            return out * sign.reshape(shape)
+            idx = perm[:, None, :].expand(G, flat.shape[0], self.n)
+            out = torch.gather(flat.unsqueeze(0).expand(G, -1, -1), 2, idx)
+            if not np.all(self.sign == 1):
+                out = out.mul_(torch.as_tensor(self.sign, dtype=x.dtype, device=x.device)[:, None, :])
+            return out.reshape(G, *lead, self.n)
         D = torch.as_tensor(self.dense, dtype=x.dtype, device=x.device)
         return torch.einsum("gij,...j->g...i", D, x)
 
