@@ -714,10 +714,7 @@ def surviving_generators(basis: np.ndarray, *, nonlinearity, W_uh: np.ndarray | 
         proj = np.eye(N) - W_uh @ np.linalg.pinv(W_uh)
         rows.append(np.matmul(proj, np.matmul(basis, W_uh)).reshape(D, -1))
     L = np.concatenate(rows, axis=1).T  # [constraints, D]
-    _, s, vt = np.linalg.svd(L, full_matrices=True)
-    s_full = np.zeros(D)
-    s_full[: s.size] = s
-    null = vt[s_full <= tol * max(float(s_full.max()), 1e-300)]
+    null = _null_space(L, tol, floor=1e-300)
     if null.size == 0:
         return np.zeros((0, N, N))
     gens = np.einsum("kd,dij->kij", null, basis)
@@ -732,10 +729,19 @@ def skew_part(gens: np.ndarray, *, tol: float = 1e-8) -> np.ndarray:
     if gens.shape[0] == 0:
         return gens
     sym = (gens + gens.transpose(0, 2, 1)).reshape(gens.shape[0], -1).T
-    _, s, vt = np.linalg.svd(sym, full_matrices=True)
-    s_full = np.zeros(gens.shape[0])
-    s_full[: s.size] = s
-    null = vt[s_full <= tol * max(float(s_full.max()), 1.0)]
+    null = _null_space(sym, tol, floor=1.0)
     if null.size == 0:
         return np.zeros((0,) + gens.shape[1:])
     return np.einsum("kd,dij->kij", null, gens)
+
+
+def _null_space(M: np.ndarray, rtol: float, *, floor: float) -> np.ndarray:
+    """Rows spanning the right null space of ``M``: singular values <= rtol * max(sigma_max, floor).
+
+    A thin SVD (a wide M is padded with zero rows), never the full left factor of a tall M.
+    """
+    rows, cols = M.shape
+    if rows < cols:
+        M = np.vstack([M, np.zeros((cols - rows, cols))])
+    _, s, vt = np.linalg.svd(M, full_matrices=False)
+    return vt[s <= rtol * max(float(s.max(initial=0.0)), floor)]
