@@ -30,8 +30,11 @@ QR interval: re-orthonormalising every m steps is exact in exact arithmetic,
 but the frame's columns separate like ``e^{m (lambda_1 - lambda_k)}`` and the
 smallest ``R_kk`` lose ``m (lambda_1 - lambda_k) / ln 10`` digits. The default m is
 chosen from the growth-rate spread measured with m = 1 over the first steps
-(the "pilot"): the largest m with ``m * spread <= 16`` (about 7 digits of
-headroom in float64, where ``ln(1/eps) = 36``), at most 16.
+(the "pilot"): the largest m with ``m * spread <= 14`` (ln(1/eps) = 36 in
+float64), at most 16. Growth rates fluctuate from step to step, so a block
+whose R spans more than e^18 (``max log|R_ii| - min log|R_ii|``) is redone
+from its start with a QR after every step: the accuracy of m = 1 at close to
+the cost of m, whatever m is (``redone`` counts such blocks).
 
 Covariant Lyapunov vectors (Ginelli et al. 2007, PRL 99, 130601): the R factors
 of a further ``clv_window`` steps are stored; iterating an upper-triangular
@@ -79,7 +82,7 @@ __all__ = [
     "METHODS",
 ]
 
-SPREAD_BUDGET = 16.0
+SPREAD_BUDGET = 14.0
 """Largest ``m * (lambda_1 - lambda_k)`` the automatic QR interval allows (ln(1/eps) = 36)."""
 MAX_QR_EVERY = 16
 """Largest automatic QR interval."""
@@ -87,6 +90,7 @@ METHODS = ("householder", "cholqr2")
 
 _LOG_COND_TRSM = 20.0  # Q = V R^{-1} is orthonormal to eps * e^20 = 1e-7 at worst
 _LOG_COND_CHOLQR2 = 15.0  # CholeskyQR2 needs cond(V) well below eps^(-1/2) = 1e8
+_LOG_COND_REDO = 18.0  # a block of m > 1 steps beyond this is redone with m = 1 (eps * e^18 = 1.5e-8)
 _LOG_COND_WARN = 24.0  # smallest R_kk then carry relative errors ~ eps * e^24 = 6e-6
 _PILOT = 64
 
@@ -141,6 +145,7 @@ class LyapunovEstimate:
         spread: the growth-rate spread ``lambda_1 - lambda_k`` measured by the pilot (NaN if none).
         max_log_cond: the largest ``log(max |R_ii| / min |R_ii|)`` of any QR block.
         fallbacks: QR blocks that fell back to Householder-formed Q.
+        redone: blocks of m > 1 steps redone with a QR every step (too wide a spread).
         method: the orthonormalisation used.
         warnings: messages for the user (unsettled estimates, ill-conditioned blocks).
     """
@@ -170,6 +175,7 @@ class LyapunovEstimate:
     spread: float
     max_log_cond: float
     fallbacks: int
+    redone: int
     method: str
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -212,7 +218,8 @@ def orthonormalize(V: torch.Tensor, method: str = "householder") -> tuple[torch.
     ``R_ii = 0`` (log -inf) and some unit vector in Q.
     """
     Q, _, R, _, fell = _qr(V, method, want_R=True)
-    return Q, R, fell
+    sign = torch.where(torch.diagonal(R, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(V.dtype)
+    return Q * sign[..., None, :], R * sign[..., :, None], fell
 
 
 def _qr(V: torch.Tensor, method: str, want_R: bool):
@@ -233,19 +240,17 @@ def _qr(V: torch.Tensor, method: str, want_R: bool):
         return Q, logd, R, lc, True
     if method != "householder":
         raise InputError(f"orthonormalisation {method!r} must be one of {', '.join(METHODS)}")
+    # R's diagonal keeps LAPACK's signs here (only log|R_ii| is used; Q and R stay consistent);
+    # orthonormalize() moves them into Q for callers that want a positive diagonal
     a, tau = torch.geqrf(V)
     top = a[..., :k, :]
-    d = torch.diagonal(top, dim1=-2, dim2=-1)
-    logd = torch.log(d.abs())
-    sign = torch.where(d < 0, -1.0, 1.0).to(V.dtype)
+    logd = torch.log(torch.diagonal(top, dim1=-2, dim2=-1).abs())
     lc = _log_cond(logd)
-    R = torch.triu(top) * sign[..., :, None] if want_R else None
+    R = torch.triu(top) if want_R else None
     if math.isfinite(lc) and lc <= _LOG_COND_TRSM:
         # solve_triangular reads only the upper triangle of ``top`` (documented)
-        Q = torch.linalg.solve_triangular(top, V, upper=True, left=False) * sign[..., None, :]
-        return Q, logd, R, lc, False
-    Q = torch.linalg.householder_product(a, tau) * sign[..., None, :]
-    return Q, logd, R, lc, True
+        return torch.linalg.solve_triangular(top, V, upper=True, left=False), logd, R, lc, False
+    return torch.linalg.householder_product(a, tau), logd, R, lc, True
 
 
 def _log_cond(logd: torch.Tensor) -> float:
@@ -297,19 +302,29 @@ def _fast_log_det(cell: Cell) -> bool:
 
 
 def _input_fn(cell: Cell, inputs, B: int) -> Callable[[int], torch.Tensor | None]:
-    """Inputs as a function of the step: None (zero input), [B, T, d] / [T, d] (cycled), or a callable."""
+    """Inputs as a function of the step t.
+
+    None: zero input; ``[d]``: the same constant input for every trajectory;
+    ``[B, d]``: a constant input per trajectory; ``[B, T, d]`` (or ``[1, T, d]``):
+    sequences, cycled when the run is longer than T; a callable ``t -> [B, d]``.
+    """
     if inputs is None:
         return lambda t: None
     if callable(inputs):
         return inputs
     x = torch.as_tensor(inputs, dtype=cell.dtype, device=cell.device)
-    if x.dim() == 2:
-        x = x[None].expand(B, *x.shape)
-    if x.dim() != 3 or x.shape[0] != B or x.shape[2] != cell.n_inputs or x.shape[1] == 0:
-        raise InputError(f"inputs must be [B={B}, T, d_in={cell.n_inputs}] (or [T, d_in]); got shape "
-                         f"{list(x.shape)}")
-    T = x.shape[1]
-    return lambda t: x[:, t % T]
+    d = cell.n_inputs
+    if x.dim() == 1 and x.shape[0] == d:
+        const = x.expand(B, d)
+        return lambda t: const
+    if x.dim() == 2 and x.shape == (B, d):
+        return lambda t: x
+    if x.dim() == 3 and x.shape[0] in (1, B) and x.shape[2] == d and x.shape[1] > 0:
+        x = x.expand(B, *x.shape[1:])
+        T = x.shape[1]
+        return lambda t: x[:, t % T]
+    raise InputError(f"inputs must be [d_in={d}] or [B={B}, d_in] (constant) or [B, T, d_in] (sequences); "
+                     f"got shape {list(x.shape)}")
 
 
 def _random_frame(S: int, k: int, B: int, *, dtype, device, generator: torch.Generator | None) -> torch.Tensor:
@@ -366,8 +381,9 @@ def lyapunov_spectrum(
     estimates, backward Lyapunov vectors, optional CLVs, sum rule, tangent exponents).
 
     Keyword arguments:
-        inputs: None (zero input), ``[B, T, d]`` or ``[T, d]`` (cycled to cover the
-            run), or a callable ``t -> [B, d]``; step t of the warm-up is t = 0.
+        inputs: None (zero input), a constant ``[d]`` or ``[B, d]``, sequences
+            ``[B, T, d]`` (cycled to cover the run), or a callable ``t -> [B, d]``;
+            the first warm-up step is t = 0.
         k: number of exponents (default: all S).
         steps: accumulated steps (after the warm-up).
         warmup: steps that evolve the state *and* the frame (with QR) before
@@ -450,7 +466,7 @@ def lyapunov_spectrum(
     stored_R: list[torch.Tensor] = []
     Q_end = h_end = None
     max_log_cond = 0.0
-    fallbacks = 0
+    fallbacks = redone = 0
     xi_norm = None
 
     t = 0  # global step (for inputs)
@@ -481,20 +497,28 @@ def lyapunov_spectrum(
             end = min(end, pilot)
 
         V = Q if Xi is None else torch.cat([Q, Xi], dim=2)
-        start = t
+        start, h_start, V_start = t, h, V
+        ld_block = 0.0
         while t < end:
             u = u_at(t)
             if ld_acc is not None and phase == "acc":
-                ld_acc += log_abs_det_jacobian(cell, h, u, log_det_W=log_det_W)
+                ld_block = ld_block + log_abs_det_jacobian(cell, h, u, log_det_W=log_det_W)
             h, V = cell.step_and_jvp(h, u, V)
             t += 1
         if k:
             Q, logr, R, lc, fell = _qr(V[..., :k] if Xi is not None else V, method, want_R=phase == "clv")
+            if end - start > 1 and not lc <= _LOG_COND_REDO:
+                # this block stretched the frame too far for its smallest R_ii: redo it with QR every step
+                redone += 1
+                h, V, Q, logr, R, lc, fell = _redo_block(cell, u_at, h_start, V_start, start, end, k, method,
+                                                         want_R=phase == "clv")
             fallbacks += int(fell)
             if math.isfinite(lc):
                 max_log_cond = max(max_log_cond, lc)
         else:
             logr = acc[:, :0]
+        if ld_acc is not None and phase == "acc":
+            ld_acc += ld_block
         if Xi is not None:
             X = V[..., k:]
             nx = torch.linalg.vector_norm(X, dim=1)
@@ -504,10 +528,9 @@ def lyapunov_spectrum(
         if pilot and t <= pilot and k > 1:
             pilot_rows.append(logr)
             if t == pilot and qr_every is None:
-                P = torch.stack(pilot_rows[len(pilot_rows) // 2:])  # [p, B, k]: the later half
-                per_step = (P.max(-1).values - P.min(-1).values).mean(0)  # [B]
-                spread = float(per_step.max())
-                m = choose_qr_every(spread, max_abs_rate=float(P.abs().mean(0).max()))
+                rates = torch.stack(pilot_rows[len(pilot_rows) // 2:]).mean(0)  # [B, k], the later half
+                spread = float((rates.max(-1).values - rates.min(-1).values).max())
+                m = choose_qr_every(spread, max_abs_rate=float(rates.abs().max()))
                 pilot_rows = []
         elif qr_every is None and k <= 1:
             m = MAX_QR_EVERY
@@ -615,8 +638,32 @@ def lyapunov_spectrum(
         state=h_end,
         states=torch.stack(kept_states) if kept_states else None, log_det=log_det, sum_rule_residual=residual,
         tangent=tangent, steps=steps, warmup=warmup, qr_every=m, k=k, spread=spread,
-        max_log_cond=max_log_cond, fallbacks=fallbacks, method=method, warnings=warnings,
+        max_log_cond=max_log_cond, fallbacks=fallbacks, redone=redone, method=method, warnings=warnings,
     )
+
+
+def _redo_block(cell: Cell, u_at, h: torch.Tensor, V: torch.Tensor, start: int, end: int, k: int, method: str,
+                want_R: bool):
+    """Run steps ``start..end`` again from ``(h, V)`` with a QR after every step.
+
+    Returns what one QR of the whole block would: the state, the propagated
+    columns (tangent columns unnormalised), Q, the summed log|R_ii|, the block's
+    R (the product of the steps' R factors) when wanted, the largest per-step
+    log condition, and whether any step fell back to the Householder-formed Q.
+    """
+    logr = R = None
+    lc_max, fell_any = 0.0, False
+    Q, rest = V[..., :k], V[..., k:]
+    for t in range(start, end):
+        h, W = cell.step_and_jvp(h, u_at(t), torch.cat([Q, rest], dim=2) if rest.shape[-1] else Q)
+        Q, lr, Rt, lc, fell = _qr(W[..., :k], method, want_R)
+        rest = W[..., k:]
+        logr = lr if logr is None else logr + lr
+        if want_R:
+            R = Rt if R is None else Rt @ R
+        lc_max = max(lc_max, lc) if math.isfinite(lc) else lc_max
+        fell_any = fell_any or fell
+    return h, torch.cat([Q, rest], dim=2), Q, logr, R, lc_max, fell_any
 
 
 def _ginelli(Q: torch.Tensor, Rs: list[torch.Tensor]) -> torch.Tensor:
