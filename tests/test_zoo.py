@@ -296,6 +296,10 @@ def test_zoo_end_to_end(zoo, tmp_path):
     for p in want:
         assert gated[p] == f"{RADIUS_KEY}={zoo.radius[p]:.6g}"
     assert r.stderr.strip().splitlines()[-1].endswith(f"0 failed; gates: {len(want)} checkpoints failed; exit 1")
+    # a key no checkpoint has: the gate cannot be evaluated, so it fails everywhere, saying "missing"
+    r = invoke(["zoo", zoo.root, *FAST, "--out", out, *EXCLUDE_BAD, "--fail-if", f"{ANALYSIS}.no_such_key > 0", "-q"])
+    assert r.exit_code == 1 and set(_gated(r.stderr)) == set(zoo.radius)
+    assert all(v.startswith(f"{ANALYSIS}.no_such_key=missing") for v in _gated(r.stderr).values())
     # gate and failures together: failures win (3), both are said
     r = invoke(["zoo", zoo.root, *FAST, "--out", out, "--fail-if", f"{RADIUS_KEY} > {THRESHOLD}", "-q"])
     assert r.exit_code == 3 and "exit 3 (failed tasks take precedence" in r.stderr
@@ -316,6 +320,19 @@ def test_zoo_end_to_end(zoo, tmp_path):
     r = invoke(["zoo", "--from-file", "-", *FAST, "--out", out, "--json"], input="\n".join(["# three", *listed]))
     assert r.exit_code == 0, r.output
     assert [json.loads(x)["checkpoint"] for x in r.stdout.splitlines()] == listed
+    if "lyapunov" in analyses():  # a second analysis, options passed through, a gate over both
+        listed = [p for p in zoo.good if zoo.radius[p] > THRESHOLD][:2] + [p for p in zoo.good if
+                                                                          zoo.radius[p] < THRESHOLD][:1]
+        gate = f"{RADIUS_KEY} > {THRESHOLD} and lyapunov.exponents[2] < 1e9"
+        r = invoke(["zoo", *listed, "--analyses", f"{ANALYSIS},lyapunov", "--no-plots", "--out", tmp_path / "two",
+                    "--set", "lyapunov.k=3", "--set", "lyapunov.steps=50", "--set", "lyapunov.warmup=10",
+                    "--set", "lyapunov.inits=2", "--fail-if", gate, "--json", "-q"])
+        assert r.exit_code == 1, r.output
+        assert set(_gated(r.stderr)) == set(listed[:2])
+        two = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [(x["checkpoint"], x["analysis"]) for x in two] == [(p, a) for p in sorted(listed)
+                                                                   for a in (ANALYSIS, "lyapunov")]
+        assert all(x["lyapunov.k"] == 3 and "lyapunov.exponents[3]" not in x for x in two[1::2])
     r = invoke(["report", "table", out, "--format", "jsonl"])
     assert r.exit_code == 3
     rebuilt = [json.loads(x) for x in r.stdout.splitlines()]
