@@ -650,9 +650,15 @@ def test_usage_errors_exit_2(zoo, tmp_path):
                       (["--set", "radius"], "ANALYSIS.OPTION=VALUE")):
         r = invoke(["zoo", zoo.root, "--analyses", ANALYSIS, "--out", tmp_path, *args])
         assert r.exit_code == 2 and msg in r.stderr, (args, r.output)
+    import sys as _sys
+
+    with pytest.MonkeyPatch.context() as mp:  # dask is an optional extra: without it, a clear message
+        mp.setitem(_sys.modules, "dask.distributed", None)
+        r = invoke(["zoo", zoo.good[0], "--analyses", ANALYSIS, "--out", tmp_path / "d", "--executor", "dask"])
+    assert r.exit_code == 2 and "pip install 'rnnprobe[dask]'" in r.stderr, r.output
     r = invoke(["zoo", tmp_path / "missing", "--out", tmp_path])
     assert r.exit_code == 2 and "no such file or folder" in r.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
     assert rows_from_reports(tmp_path) == []
 
 

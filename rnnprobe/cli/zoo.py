@@ -241,11 +241,12 @@ def zoo(
     schur.spectral_radius, lyapunov.exponents[0]). A task whose report exists with the same key
     (checkpoint and sidecar SHA-256, options, rnnprobe version) is skipped, so an interrupted run
     resumes where it stopped. Exit codes: 0 done, 1 a gate failed, 2 bad usage, 3 some
-    checkpoints failed (this wins over 1).
+    checkpoints failed (this wins over 1), 130 interrupted (run again to resume).
     """
     from rnnprobe.analyses import analyses
     from rnnprobe.zoo import (analysis_options, evaluate_gates, exit_code, find_checkpoints, parse_gate, parse_set,
                               parse_shard, plan, read_options_file, read_path_list, run_tasks, summary_name)
+    from rnnprobe.zoo.executors import check_executor
     from rnnprobe.zoo.summary import jsonl_text
 
     term = common.terminal
@@ -259,8 +260,7 @@ def zoo(
         shard_ = parse_shard(shard)
         n_jobs = _jobs(jobs)
         executor_ = str(getattr(executor, "value", executor))
-        if scheduler and executor_ != "dask":
-            raise InputError(f"--scheduler {scheduler} needs --executor dask")
+        check_executor(executor_, n_jobs, scheduler)
         inputs = [str(p) for p in paths or []] + (read_path_list(from_file) if from_file else [])
         settings = common.run_settings()
         out_dir = Path(os.path.abspath(settings.out_dir))

@@ -35,7 +35,7 @@ from typing import Iterator, Sequence
 from rnnprobe.errors import AnalysisError, InputError
 from rnnprobe.zoo.worker import THREAD_ENV, _fail, init_worker, run_task
 
-__all__ = ["iter_rows", "EXECUTORS", "thread_env"]
+__all__ = ["iter_rows", "check_executor", "EXECUTORS", "thread_env"]
 
 EXECUTORS = ("local", "dask")
 WORKER_DIED = ("the worker process died while analysing this checkpoint (killed by the system, e.g. out of "
@@ -58,15 +58,26 @@ def thread_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def iter_rows(tasks: Sequence, *, executor: str = "local", jobs: int = 1,
-              scheduler: str | None = None) -> Iterator[dict]:
-    """Run ``tasks`` and yield their rows as they finish (in completion order)."""
+def check_executor(executor: str, jobs: int, scheduler: str | None) -> None:
+    """InputError for a bad combination, or for ``dask`` when dask.distributed is not installed."""
     if executor not in EXECUTORS:
         raise InputError(f"--executor {executor!r} must be one of {', '.join(EXECUTORS)}")
     if jobs < 1:
         raise InputError(f"--jobs {jobs} must be >= 1 (or 0 for one worker per CPU)")
     if scheduler and executor != "dask":
         raise InputError(f"--scheduler {scheduler} needs --executor dask")
+    if executor == "dask":
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise InputError("--executor dask needs dask.distributed, an optional extra: "
+                             "pip install 'rnnprobe[dask]'") from None
+
+
+def iter_rows(tasks: Sequence, *, executor: str = "local", jobs: int = 1,
+              scheduler: str | None = None) -> Iterator[dict]:
+    """Run ``tasks`` and yield their rows as they finish (in completion order)."""
+    check_executor(executor, jobs, scheduler)
     if not tasks:
         return _serial_rows(())
     if executor == "dask":
@@ -185,11 +196,7 @@ def run_task_one_thread(task) -> dict:
 
 
 def _dask_rows(tasks: Sequence, jobs: int, scheduler: str | None) -> Iterator[dict]:
-    try:
-        from dask.distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise InputError("--executor dask needs dask.distributed, an optional extra: pip install 'rnnprobe[dask]'") \
-            from None
+    from dask.distributed import Client, LocalCluster, as_completed
     with thread_env():
         cluster = None
         if scheduler:
