@@ -353,6 +353,7 @@ class Attractors:
         closure, closure_first: [B] relative return distances.
         drift: [B] relative change of the orbit size over the record.
         speed: [B] last step's length relative to 1 + |h|.
+        converging: [B] bool, the orbit was still shrinking at the end (a transient: ``unresolved``).
     """
 
     kind: list
@@ -365,6 +366,7 @@ class Attractors:
     closure_first: torch.Tensor
     drift: torch.Tensor
     speed: torch.Tensor
+    converging: torch.Tensor
 
 
 def _warm_up(cell: Cell, h: torch.Tensor, u: torch.Tensor, warmup: int, max_warmup: int, block: int,
@@ -457,7 +459,7 @@ def find_attractors(cell: Cell, h0: torch.Tensor, u=None, *, warmup: int = 2000,
     member, reps = _group(Xf, kinds, rec["period"], size, cycle_tol)
     return Attractors(kind=kinds, member=member, representative=reps, record=X, warmup=done,
                       period=rec["period"], closure=rec["closure"], closure_first=rec["closure_first"],
-                      drift=drift, speed=speed)
+                      drift=drift, speed=speed, converging=shrinking & finite & ~fixed)
 
 
 def _group(X: torch.Tensor, kinds: list, period: torch.Tensor, size: torch.Tensor, cycle_tol: float):
@@ -606,7 +608,7 @@ def shoot_cycle(cell: Cell, x0: torch.Tensor, T0: torch.Tensor, u=None, *, dt: f
     each stage stops when the residual ``|phi_T(x) - x|`` (relative to
     ``|f(x)| T / (2 pi)``, the radius of a circular orbit with that speed and
     period) is below ``tol`` (1e-7 for the first stage), or has not halved in
-    four iterations. An orbit is accepted when the final residual is below
+    three iterations; the fine stage is skipped when the first stalls above 1e-3. An orbit is accepted when the final residual is below
     ``accept``: a conservative flow's orbits close only up to RK4's error,
     which the fine stage keeps near 1e-10. Batched over the K candidates.
 
@@ -628,17 +630,19 @@ def shoot_cycle(cell: Cell, x0: torch.Tensor, T0: torch.Tensor, u=None, *, dt: f
     residual = torch.full((K,), math.inf, dtype=cell.dtype, device=x.device)
     for n, goal in ((max(50, n_steps // 4), max(tol, 1e-7)), (n_steps, tol)):
         history: list[float] = []
+        settled_all = False
         for _ in range(max_iter):
             sol = flows.integrate(cell, x, T, n, u, dt=step, tangent=True)
             fresh = n == n_steps
             r = sol.state - x
             residual = r.norm(dim=-1) / _orbit_scale(cell, x, T, u, step)
             worst = residual.max().item()
-            history.append(worst)
             if worst < goal or not math.isfinite(worst):
                 break
-            if len(history) > 4 and worst > 0.5 * min(history[:-4]):
-                break
+            if settled_all:  # stalls count once the period has settled (the residual may grow while T moves)
+                history.append(worst)
+                if len(history) > 3 and worst > 0.5 * min(history[:-3]):
+                    break
             iterations += 1
             # along the flow: the period absorbs the mismatch's component along f(phi_T(x))
             fT = flows.vector_field(cell, sol.state, u, dt=step)
@@ -649,6 +653,7 @@ def shoot_cycle(cell: Cell, x0: torch.Tensor, T0: torch.Tensor, u=None, *, dt: f
             # that of the wrong time), and with singular values below 1e-6 (1 + |M|) dropped: directions the
             # return map leaves unchanged (a family of orbits of a conservative flow) are not moved along.
             settled = dT.abs() <= 1e-4 * T
+            settled_all = bool(settled.all())
             P = eye - fT[:, :, None] * fT[:, None, :] / (fT * fT).sum(-1).clamp_min(
                 torch.finfo(x.dtype).tiny)[:, None, None]
             A = P @ (sol.tangent - eye) @ Qs
@@ -663,8 +668,8 @@ def shoot_cycle(cell: Cell, x0: torch.Tensor, T0: torch.Tensor, u=None, *, dt: f
             x = torch.where(move[:, None], x + scale[:, None] * dx, x)
             T = torch.where(move, T + scale * dT, T)
             fresh = False
-        if not math.isfinite(residual.max().item()):
-            break
+        if not math.isfinite(residual.max().item()) or residual.max().item() > 1e-3:
+            break  # no orbit near: the coarse stage stalled far from one
     if not fresh:
         sol = flows.integrate(cell, x, T.clamp_min(1e-12), n_steps, u, dt=step, tangent=True)
         residual = (sol.state - x).norm(dim=-1) / _orbit_scale(cell, x, T, u, step)
@@ -834,7 +839,9 @@ def _exponents(cell: Cell, X: torch.Tensor, reps: list, u: torch.Tensor, k: int,
     T = X.shape[1]
     picks = [T - 1, T - 1 - T // 3, T - 1 - 2 * (T // 3)]
     h0 = torch.stack([X[r, t] for r in reps for t in picks])
-    est = lyapunov_spectrum(cell, h0, u, k=k, steps=steps, warmup=min(steps, 500), generator=generator)
+    # the frame warms up as long as it accumulates: a weakly attracting cycle whose period depends on its amplitude
+    # shears transverse components into the along-curve one, which biases short runs
+    est = lyapunov_spectrum(cell, h0, u, k=k, steps=steps, warmup=steps, generator=generator)
     per = np.asarray(est.per_init, dtype=np.float64).reshape(len(reps), len(picks), -1)
     return per.mean(1), per.std(1, ddof=1) / math.sqrt(len(picks))
 
@@ -989,6 +996,9 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
     member = att.member.clone()
     if att.warmup >= options.max_warmup and options.max_warmup > options.warmup:
         notes.append(f"the warm-up ran to --max-warmup={options.max_warmup}: some orbit was still changing size")
+    if bool(att.converging.any()):
+        notes.append(f"{int(att.converging.sum())} trajectories were still converging after {att.warmup} steps "
+                     "(unresolved); raise --max-warmup")
 
     # Lyapunov exponents of each attractor, and the kinds the returns could not decide
     exps: list = [None] * len(reps)
@@ -999,8 +1009,8 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
             exps[a], exp_err[a] = lam[a], err[a]
             tol = np.maximum(options.zero_tol, 4.0 * np.nan_to_num(err[a]))
             by = _classify_by_exponents(lam[a], tol)
-            if kind_arr[r] == "unresolved" and by in ("chaotic", "quasi_periodic"):
-                kind_arr[(member == a).cpu().numpy()] = by
+            if kind_arr[r] == "unresolved" and by in ("chaotic", "quasi_periodic") and not bool(att.converging[r]):
+                kind_arr[((member == a) & ~att.converging).cpu().numpy()] = by
             elif kind_arr[r] == "limit_cycle" and by != "limit_cycle" and not (
                     att.closure_first[r].item() < 1e-8):  # an integer-period orbit of the map has no zero exponent
                 notes.append(f"attractor {a}: the returns say limit cycle but the exponents "
