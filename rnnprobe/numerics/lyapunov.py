@@ -369,6 +369,7 @@ def lyapunov_spectrum(
     time_blocks: int = 10,
     n_running: int = 200,
     keep_states: int = 0,
+    frame: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> LyapunovEstimate:
@@ -400,6 +401,8 @@ def lyapunov_spectrum(
         time_blocks: blocks for the time standard error and the halves test.
         n_running: about this many running estimates (geometric in time).
         keep_states: keep about this many states along the accumulation.
+        frame: the initial frame, ``[S, k]`` or ``[B, S, k]`` (default: random orthonormal,
+            drawn with ``generator``).
         generator: torch generator for the initial frame.
         progress: called with the number of steps done since the last call.
 
@@ -436,7 +439,15 @@ def lyapunov_spectrum(
     if do_sum_rule and _fast_log_det(cell):
         log_det_W = float(torch.linalg.slogdet(cell.W_hh)[1])
 
-    Q = _random_frame(S, k, B, dtype=dtype, device=device, generator=generator) if k else h.new_zeros(B, S, 0)
+    if frame is not None:
+        Q = torch.as_tensor(frame, dtype=dtype, device=device)
+        Q = Q.expand(B, S, k).clone() if Q.dim() == 2 else Q.clone()
+        if Q.shape != (B, S, k):
+            raise InputError(f"frame must be [S={S}, k={k}] or [B={B}, S, k]; got shape {list(Q.shape)}")
+    elif k:
+        Q = _random_frame(S, k, B, dtype=dtype, device=device, generator=generator)
+    else:
+        Q = h.new_zeros(B, S, 0)
     Xi = None
     warnings: list[str] = []
 
