@@ -147,8 +147,8 @@ class EquivarianceResult(Result):
             "observed_neutral_modes": self.observed_neutral_modes,
             "neutral_modes": self.neutral_note,
         }
-        if self.tangent_exponents is not None:
-            out["tangent_exponent"] = float(np.mean(self.tangent_exponents))
+        if self.tangent_exponents is not None and np.isfinite(self.tangent_exponents).any():
+            out["tangent_exponent"] = float(np.nanmean(self.tangent_exponents))
         return out
 
 
@@ -519,9 +519,11 @@ def _neutral_modes(model: Model, group: Group, X: torch.Tensor, options: Equivar
     cell = model.cell
     A, _, _ = group.generator_matrices(dtype=ctx.dtype, device=ctx.device)
     ranks = orbit_ranks(A, X).cpu().numpy()
-    # the attractor reached from (up to) 8 sampled states with zero input
-    B = min(8, X.shape[0])
-    idx = torch.as_tensor(ctx.rng(14).choice(X.shape[0], size=B, replace=False), device=X.device)
+    # the attractor reached with zero input from (up to) 8 sampled states of generic orbit type
+    # (states fixed by part of the group, such as a zero initial state, are passed over)
+    generic = np.flatnonzero(ranks == ranks.max())
+    B = min(8, generic.size)
+    idx = torch.as_tensor(ctx.rng(14).choice(generic, size=B, replace=False), device=X.device)
     warm = 1000
     h = X[idx]
     for _ in range(warm):
@@ -538,14 +540,17 @@ def _neutral_modes(model: Model, group: Group, X: torch.Tensor, options: Equivar
                        "attractor); observed: not measured, rnnprobe.numerics.lyapunov is not available")
         return out
     k = min(cell.n_state, 32)
-    est = lyapunov_spectrum(cell, h, None, k=k, steps=options.lyapunov_steps, warmup=200, generators=A,
+    est = lyapunov_spectrum(cell, h, None, k=k, steps=options.lyapunov_steps,
+                            warmup=max(10, options.lyapunov_steps // 5), generators=A,
                             generator=ctx.generator(15))
     per_init = np.asarray(est.per_init)
     near = np.sum(np.abs(per_init) <= options.neutral_tol, axis=1)
     values, counts = np.unique(near, return_counts=True)
     observed = int(values[np.argmax(counts)])
-    out.update(observed=observed, exponents=np.asarray(est.exponents),
-               tangent=None if est.tangent is None else np.asarray(est.tangent.exponents))
+    tangent = None
+    if est.tangent is not None:  # per init and generator; NaN where A h = 0 (a state the group fixes)
+        tangent = np.where(np.asarray(est.tangent.xi_norm) > 0, np.asarray(est.tangent.exponents), np.nan)
+    out.update(observed=observed, exponents=np.asarray(est.exponents), tangent=tangent)
     out["note"] = (f"expected at least {expected} protected neutral modes, observed {observed} "
                    f"(|lambda| <= {options.neutral_tol:g} per step, zero input, {k} leading exponents)")
     if observed < expected:

@@ -38,7 +38,7 @@ def plot(result, model) -> dict[str, Figure]:
     ax.set_ylabel("log10 step equivariance error")
     ax.set_title(f"{model.name}: {result.group_name}, {result.n_states} states; "
                  f"red: {result.trained_dtype} eps, grey: {result.analysis_dtype} eps", fontsize=9)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="best")
     figures["elements"] = fig
 
     if result.rollout_error is not None:
