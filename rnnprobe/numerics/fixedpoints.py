@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -151,6 +152,7 @@ class _System:
     def __init__(self, cell: Cell, u: torch.Tensor | None):
         self.cell = cell
         self.u = u
+        self.dtype = cell.dtype
 
     def sub(self, idx: torch.Tensor) -> "_System":
         return _System(self.cell, None if self.u is None else self.u[idx])
@@ -219,11 +221,13 @@ def _adam(system: _System, x: torch.Tensor, steps: int, lr: float):
     return best_x, best_g, best_q
 
 
-def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor) -> torch.Tensor:
+def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle: float = 1.0,
+           reorthogonalize: bool = False) -> torch.Tensor:
     """Batched GMRES (x0 = 0, no restart): solve ``A x = b`` for every row of ``b`` [n, S].
 
-    Arnoldi with classical Gram-Schmidt (a second pass when cancellation is
-    severe, the DGKS test), Givens rotations per row; stops when every row's residual is below ``rtol`` [n] (relative) or
+    Arnoldi with classical Gram-Schmidt (with ``reorthogonalize`` a second pass
+    where cancellation is severe, the DGKS test; the inexact Newton steps here
+    do not need it), Givens rotations per row; stops when every row's residual is below ``rtol`` [n] (relative) or
     after ``m`` products.
     """
     n, S = b.shape
@@ -245,7 +249,7 @@ def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor) -> torc
         h = torch.bmm(basis, w[:, :, None])[:, :, 0]
         w = w - torch.bmm(h[:, None, :], basis)[:, 0]
         hn = w.norm(dim=1)
-        if bool((hn < 0.7 * wn).any()):  # DGKS: orthogonalise again where cancellation was severe
+        if reorthogonalize and bool((hn < 0.7 * wn).any()):  # DGKS: again where cancellation was severe
             h2 = torch.bmm(basis, w[:, :, None])[:, :, 0]
             w = w - torch.bmm(h2[:, None, :], basis)[:, 0]
             h = h + h2
@@ -265,7 +269,9 @@ def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor) -> torc
         R[:, j, j] = r
         e[:, j + 1] = -sn[:, j] * e[:, j]
         e[:, j] = cs[:, j] * e[:, j]
-        if bool((e[:, j + 1].abs() <= rtol * beta).all()):
+        # stop once nearly every row meets its tolerance: the few left get a less exact step,
+        # which the line search guards, instead of holding up the whole batch
+        if bool((e[:, j + 1].abs() <= rtol * beta).float().mean() >= settle):
             k = j + 1
             break
     Rk = R[:, :k, :k]
@@ -358,11 +364,31 @@ def _components(n: int, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         label = new
 
 
+def _grid_cells(key: torch.Tensor) -> torch.Tensor:
+    """Index of each row's distinct value in ``key`` [n, D] (integer-valued floats).
+
+    Rows are hashed to one int64 (a random linear map, wrapping modulo 2^64) and
+    the 1-D hashes made unique, which is much faster than sorting rows; a hash
+    collision is detected (rows of one hash that differ) and then answered by
+    the exact row-wise ``torch.unique``.
+    """
+    k = torch.clamp(key, -(2.0**62), 2.0**62).to(torch.int64)
+    g = torch.Generator(device="cpu").manual_seed(0x5EED)
+    mult = torch.randint(1, 2**62, (k.shape[1],), generator=g, dtype=torch.int64).to(k.device) | 1
+    h = (k * mult).sum(dim=1)
+    _, cell_of = torch.unique(h, return_inverse=True)
+    first = torch.full((int(cell_of.max()) + 1,), k.shape[0], dtype=torch.long, device=k.device)
+    first = first.scatter_reduce(0, cell_of, torch.arange(k.shape[0], device=k.device), reduce="amin")
+    if bool((k != k[first[cell_of]]).any()):
+        _, cell_of = torch.unique(k, dim=0, return_inverse=True)
+    return cell_of
+
+
 def deduplicate(states: torch.Tensor, q: torch.Tensor, tol: float, groups: torch.Tensor | None = None,
                 block: int = 1024):
     """Merge states that agree to ``tol`` (sup norm), keeping the lowest-``q`` one of each cluster.
 
-    States are hashed onto a grid of side ``tol``; grid cells whose lowest-q
+    States are put on a grid of side ``tol`` (cells found by hashing); grid cells whose lowest-q
     states are within ``2 tol`` (sup norm, computed exactly, in blocks) are
     joined, and clusters are the connected components of that relation. States
     in different ``groups`` (e.g. input conditions) are never merged. Cost:
@@ -382,7 +408,7 @@ def deduplicate(states: torch.Tensor, q: torch.Tensor, tol: float, groups: torch
     key = torch.floor(states / tol)
     if groups is not None:
         key = torch.cat([groups.to(key.dtype)[:, None], key], dim=1)
-    _, cell_of = torch.unique(key, dim=0, return_inverse=True)
+    cell_of = _grid_cells(key)
     C = int(cell_of.max()) + 1
     big = torch.finfo(q.dtype).max
     qq = torch.nan_to_num(q, nan=big)
@@ -452,7 +478,8 @@ def find_fixed_points(
     warmup_lr: float = 0.1,
     first_order_steps: int = 100,
     first_order_lr: float = 0.01,
-    krylov_dim: int = 12,
+    krylov_dim: int = 8,
+    krylov_settle: float = 0.9,
     direct_max: int = 64,
     direct_dim: int = 64,
     polish_iter: int = 4,
@@ -460,6 +487,9 @@ def find_fixed_points(
     dedupe_tol: float = 1e-6,
     patience: int = 8,
     verify_steps: int = 12,
+    explore_dtype: torch.dtype | None = torch.float32,
+    jacobian_memory: float = 256e6,
+    explore_eta: float = 1e-3,
     groups=None,
     progress=None,
 ) -> FixedPointSet:
@@ -489,6 +519,8 @@ def find_fixed_points(
             Newton / Levenberg-Marquardt iteration stalls (``patience``
             rejected steps in a row), once per candidate.
         krylov_dim: GMRES dimension of the matrix-free Newton steps.
+        krylov_settle: GMRES stops once this fraction of the candidates has met its
+            forcing tolerance ``min(0.1, ||G|| / scale)`` (1: all of them).
         direct_max: at most this many active candidates use explicit Jacobians
             (LU; Levenberg-Marquardt after a rejected step); more use GMRES.
         direct_dim: state sizes up to this always use explicit Jacobians.
@@ -501,6 +533,13 @@ def find_fixed_points(
             Jacobian (failures are un-merged and solved on their own). 0 turns
             merging off.
         dedupe_tol: final deduplication tolerance, relative to ``scale``.
+        explore_dtype, explore_eta: the warm start, and the GMRES solves of Newton
+            steps whose forcing tolerance is at least ``explore_eta``, run in this
+            lower precision (float32 halves their cost); every step is accepted or
+            rejected by a float64 line search, and everything reported (states, q,
+            labels, Jacobians) is float64. ``None`` keeps everything in the cell's dtype.
+        jacobian_memory: bytes of explicit Jacobians (and their factors) held at once;
+            larger batches are processed in chunks.
         groups: ``[n]`` integer condition of each candidate; points of different
             groups are never merged (use with per-candidate inputs).
         progress: an object with ``start(desc, total)``, ``advance()``, ``stop()``.
@@ -523,12 +562,16 @@ def find_fixed_points(
     if grp.shape[0] != n:
         raise InputError(f"groups must have one entry per candidate (n={n}); got {grp.shape[0]}")
     stats = {"n_candidates": n, "warmup_steps": warmup_steps, "newton_iterations": 0, "krylov_steps": 0,
+             "krylov_steps_low_precision": 0, "explore_dtype": str(explore_dtype).replace("torch.", ""),
              "direct_steps": 0, "merged": 0, "merge_verified": 0, "merge_rejected": 0, "first_order": 0}
     if n == 0:
         z = torch.zeros(0, dtype=torch.long, device=dev)
         return FixedPointSet(x.new_zeros(0, S), x.new_zeros(0), z.to(torch.int8), z,
                              x.new_zeros(0, cell.n_inputs), z, x, x.new_zeros(0), z.to(torch.int8), z, 1.0, stats)
     system = _System(cell, U)
+    low = None  # the same system in a lower precision, for the warm start and rough Newton directions
+    if explore_dtype is not None and torch.finfo(explore_dtype).eps > torch.finfo(dt).eps:
+        low = _System(cell.to(dtype=explore_dtype), None if U is None else U.to(explore_dtype))
     with torch.no_grad():
         Fx = cell.step(x, U)
     scale = float(max(x.pow(2).mean().sqrt(), Fx.pow(2).mean().sqrt(), torch.finfo(dt).tiny ** 0.25))
@@ -536,16 +579,22 @@ def find_fixed_points(
         progress.start("fixed points", max_iter)
 
     # 1. warm start: a few first-order steps on q for everyone
+    t_start = time.perf_counter()
     if warmup_steps > 0:
-        x, g, q = _adam(system, x, warmup_steps, warmup_lr * scale)
+        warm = low or system
+        x = _adam(warm, x.to(warm.dtype), warmup_steps, warmup_lr * scale)[0].detach().to(dt)
+        with torch.no_grad():
+            g = system.G(x)
     else:
         g = Fx - x
-        q = _q(g)
+    q = _q(g)
     x, g, q = x.detach(), g.detach(), q.detach()
+    stats["seconds_warmup"] = time.perf_counter() - t_start
 
     # 2. per-candidate damped Newton
     eps = torch.finfo(dt).eps
     q_floor = 0.5 * S * (64 * eps * scale) ** 2  # about the round-off level of q
+    chunk = max(1, int(jacobian_memory // (3 * S * S * x.element_size())))  # explicit Jacobians at a time
     state = torch.full((n,), _ACTIVE, dtype=torch.int8, device=dev)
     leader = torch.full((n,), -1, dtype=torch.long, device=dev)
     mu = torch.zeros(n, dtype=dt, device=dev)
@@ -594,11 +643,25 @@ def find_fixed_points(
                 xs, gs, qs = x[sel], g[sel], q[sel]
                 if method == "krylov":
                     eta = torch.clamp(gs.norm(dim=1) / scale, max=0.1)
-                    dx = _gmres(sub.operator(xs), -gs, krylov_dim, eta)
+                    dx = torch.empty_like(gs)
+                    rough = eta >= explore_eta if low is not None else torch.zeros_like(eta, dtype=torch.bool)
+                    for part, sys_p in ((rough, low), (~rough, system)):
+                        if bool(part.any()):
+                            ip = sel[part]
+                            sp = sys_p.sub(ip)
+                            xp = xs[part].to(sp.dtype)
+                            dx[part] = _gmres(sp.operator(xp), -gs[part].to(sp.dtype), krylov_dim, eta[part],
+                                              settle=krylov_settle).to(dt)
                     stats["krylov_steps"] += int(sel.numel())
+                    stats["krylov_steps_low_precision"] += int(rough.sum())
                 else:
-                    A = sub.jacobian(xs)
-                    dx = _damped_solve(A, gs, mu[sel])
+                    dx = torch.empty_like(gs)
+                    A_scale = torch.empty_like(qs)
+                    for c in torch.split(torch.arange(sel.numel(), device=dev), chunk):
+                        A = system.sub(sel[c]).jacobian(xs[c])
+                        dx[c] = _damped_solve(A, gs[c], mu[sel[c]])
+                        A_scale[c] = (A * A).sum(dim=(1, 2)) / S
+                        del A
                     stats["direct_steps"] += int(sel.numel())
                 xn, gn, qn, t = _line_search(sub, xs, dx, qs)
                 iters[sel] += 1
@@ -607,7 +670,6 @@ def find_fixed_points(
                 x[sel], g[sel], q[sel] = xn, gn, qn
                 # damping: relax after a success, tighten after a rejection
                 if method == "direct":
-                    A_scale = (A * A).sum(dim=(1, 2)) / S
                     mu0 = 1e-10 * A_scale
                     m_new = torch.where(ok, mu[sel] / 8, torch.maximum(mu[sel] * 8, mu0))
                     mu[sel] = torch.where(m_new < mu0, torch.zeros_like(m_new), m_new)
@@ -615,7 +677,7 @@ def find_fixed_points(
                     direct[sel[~ok]] = True
                 fails[sel] = torch.where(ok, torch.zeros_like(fails[sel]), fails[sel] + 1)
                 below_tol[sel] += (qn <= tol).long()
-                done = (qn <= q_floor) | ((qn <= tol) & (~ok | (step <= 16 * eps * scale)
+                done = (qn <= q_floor) | ((qn <= tol) & ((ok & (step <= 16 * eps * scale))
                                                         | (below_tol[sel] >= polish_iter)))
                 state[sel[done]] = _DONE
                 # merging: full steps that have become small and keep shrinking
@@ -666,38 +728,46 @@ def find_fixed_points(
             if not bool(chained.any()):
                 break
             root = torch.where(chained, leader[nxt], root)
-        r = root[fol]
-        roots, which = torch.unique(r, return_inverse=True)
-        good_root = q[roots] <= tol
-        A = system.sub(roots).jacobian(x[roots])
-        Minv, info = torch.linalg.inv_ex(A)
-        good_root &= (info == 0) & torch.isfinite(Minv).all(dim=(1, 2))
-        y = x[fol].clone()
-        sub = system.sub(fol)
-        order = torch.argsort(which)
-        bounds = torch.searchsorted(which[order], torch.arange(roots.numel() + 1, device=dev))
-        ok = good_root[which].clone()
-        gy = sub.G(y)
-        qy = _q(gy)
-        for _ in range(verify_steps):
-            moving = ok & (qy > q_floor)
-            if not bool(moving.any()):
-                break
-            corr = torch.zeros_like(y)
-            for k in good_root.nonzero()[:, 0].tolist():
-                rows = order[bounds[k]:bounds[k + 1]]
-                corr[rows] = gy[rows] @ Minv[k].T
-            y = torch.where(moving[:, None], y - corr, y)
-            ok &= torch.isfinite(y).all(dim=1)
+        all_roots, all_which = torch.unique(root[fol], return_inverse=True)
+        accepted = torch.zeros(fol.numel(), dtype=torch.bool, device=dev)
+        # roots in chunks, so that their inverse Jacobians fit the memory budget
+        for rc in torch.split(torch.arange(all_roots.numel(), device=dev), chunk):
+            roots = all_roots[rc]
+            mine = ((all_which >= rc[0]) & (all_which <= rc[-1])).nonzero()[:, 0]
+            f = fol[mine]
+            which = all_which[mine] - rc[0]
+            good_root = q[roots] <= tol
+            Minv, info = torch.linalg.inv_ex(system.sub(roots).jacobian(x[roots]))
+            good_root &= (info == 0) & torch.isfinite(Minv).all(dim=(1, 2))
+            y = x[f].clone()
+            sub = system.sub(f)
+            order = torch.argsort(which)
+            bounds = torch.searchsorted(which[order], torch.arange(roots.numel() + 1, device=dev))
+            ok = good_root[which].clone()
             gy = sub.G(y)
             qy = _q(gy)
-        close = (y - x[roots[which]]).abs().amax(dim=1) <= dedupe_tol * scale
-        ok &= close & (qy <= tol)
-        acc = fol[ok]
-        x[acc], g[acc], q[acc] = y[ok], gy[ok], qy[ok]
-        state[acc] = _DONE
-        leader[acc] = roots[which[ok]]
-        rej = fol[~ok]
+            for _ in range(verify_steps):
+                moving = ok & (qy > q_floor)
+                if not bool(moving.any()):
+                    break
+                corr = torch.zeros_like(y)
+                for k in good_root.nonzero()[:, 0].tolist():  # one product per distinct point
+                    rows = order[bounds[k]:bounds[k + 1]]
+                    corr[rows] = gy[rows] @ Minv[k].T
+                y = torch.where(moving[:, None], y - corr, y)
+                ok &= torch.isfinite(y).all(dim=1)
+                gy = sub.G(y)
+                qy = _q(gy)
+            del Minv
+            close = (y - x[roots[which]]).abs().amax(dim=1) <= dedupe_tol * scale
+            ok &= close & (qy <= tol)
+            acc = f[ok]
+            x[acc], g[acc], q[acc] = y[ok], gy[ok], qy[ok]
+            state[acc] = _DONE
+            leader[acc] = roots[which[ok]]
+            accepted[mine[ok]] = True
+        acc = fol[accepted]
+        rej = fol[~accepted]
         state[rej] = _ACTIVE
         no_merge[rej] = True
         leader[rej] = -1
@@ -706,13 +776,20 @@ def find_fixed_points(
         stats["merge_rejected"] += int(rej.numel())
         return int(rej.numel())
 
+    t_newton = time.perf_counter()
+    stats["seconds_verify"] = 0.0
     with torch.no_grad():
         while True:
             newton_pass()
-            if verify() == 0:
+            t_verify = time.perf_counter()
+            rejected = verify()
+            stats["seconds_verify"] += time.perf_counter() - t_verify
+            if rejected == 0:
                 break
+    stats["seconds_newton"] = time.perf_counter() - t_newton - stats["seconds_verify"]
     if progress is not None:
         progress.stop()
+    t_label = time.perf_counter()
 
     # 3. labels, distinct points, counts
     labels = torch.full((n,), UNCONVERGED, dtype=torch.int8, device=dev)
@@ -740,6 +817,7 @@ def find_fixed_points(
     u_pts = (U[rep_global] if U is not None
              else x.new_zeros(rep_global.numel(), 0))
     stats["max_newton_iterations"] = int(iters.max()) if n else 0
+    stats["seconds_dedupe"] = time.perf_counter() - t_label
     return FixedPointSet(
         states=x[rep_global].clone(), q=q[rep_global].clone(), labels=labels[rep_global].clone(),
         counts=counts, inputs=u_pts, groups=grp[rep_global].clone(),
