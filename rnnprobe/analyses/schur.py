@@ -44,6 +44,8 @@ __all__ = [
     "coupling_regions",
     "group_starts",
     "rollout_variants",
+    "variant_chunk",
+    "control_perturbations",
     "run",
     "ANALYSIS",
     "COUPLINGS",
@@ -54,6 +56,10 @@ COUPLINGS = ("T_RR", "T_CC", "T_C->R")
 
 _MEMORY_BUDGET = 512 * 1024**2
 """Bytes of weights and states one batched rollout chunk may hold."""
+
+_CACHE_BUDGET = 8 * 1024**2
+"""On the CPU, bytes of state one chunk of variants keeps (so the per-step elementwise work stays
+in cache and the allocator reuses its buffers): 8 MB is 16 variants at N=256, B=256."""
 
 
 # ---------------------------------------------------------------------------------
@@ -382,6 +388,10 @@ def nonnormality(W: np.ndarray, T: np.ndarray, *, steps: int = 200, device="cpu"
 # ---------------------------------------------------------------------------------
 # batched rollouts
 # ---------------------------------------------------------------------------------
+_INPLACE = {"tanh": torch.Tensor.tanh_, "relu": torch.Tensor.relu_, "sigmoid": torch.Tensor.sigmoid_,
+            "linear": lambda x: x}
+
+
 def rollout_variants(cell: ElmanCell, W: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor | None = None,
                      *, states: bool = False) -> torch.Tensor:
     """Outputs of the cell with each recurrent matrix in ``W`` swapped in, all at once.
@@ -390,9 +400,9 @@ def rollout_variants(cell: ElmanCell, W: torch.Tensor, inputs: torch.Tensor, h0:
     ``h0`` [B, N] (zeros if None). Every other parameter, the form
     (leaky / rate-outside / residual), alpha and phi are the cell's: variant v
     gives what ``cell.replace(W_hh=W[v]).rollout(h0, inputs)`` followed by
-    ``readout`` gives, as one batched program (a [V, B, N] state and a batched
-    matrix product per step). Returns [V, B, T, d_out] (``states=True``: the
-    states [V, B, T, N]).
+    ``readout`` gives (same operations, to rounding), as one batched program:
+    a [V, B, N] state and one batched matrix product per step, in preallocated
+    buffers. Returns [V, B, T, d_out] (``states=True``: the states [V, B, T, N]).
     """
     V, N = W.shape[0], W.shape[-1]
     inputs = torch.as_tensor(inputs, dtype=cell.dtype, device=cell.device)
@@ -400,22 +410,56 @@ def rollout_variants(cell: ElmanCell, W: torch.Tensor, inputs: torch.Tensor, h0:
     drive = inputs @ cell.W_uh.T + cell.b  # [B, T, N], the same for every variant
     h = torch.zeros(V, B, N, dtype=cell.dtype, device=cell.device)
     if h0 is not None:
-        h = h + torch.as_tensor(h0, dtype=cell.dtype, device=cell.device)
+        h.copy_(torch.as_tensor(h0, dtype=cell.dtype, device=cell.device).expand(V, B, N))
+    p = torch.empty_like(h)
     WT = W.transpose(1, 2)
     width = N if states else cell.n_outputs
     out = torch.empty(V, B, steps, width, dtype=cell.dtype, device=cell.device)
-    a, phi, form = cell.alpha, cell.nl.phi, cell.form
+    y = None if states else torch.empty(V, B, width, dtype=cell.dtype, device=cell.device)
+    a, form = cell.alpha, cell.form
+    inplace = _INPLACE.get(cell.nonlinearity)
+
+    def act(x):  # phi(x), in place where torch has an in-place form
+        if inplace is not None:
+            return inplace(x)
+        x.copy_(cell.nl.phi(x))
+        return x
+
     for t in range(steps):
         d = drive[:, t]
         if form == "leaky":
-            p = phi(torch.baddbmm(d, h, WT))
-            h = p if a == 1.0 else h + a * (p - h)
+            act(torch.baddbmm(d, h, WT, out=p))
+            if a == 1.0:
+                h, p = p, h
+            else:  # h + a * (phi - h), in the cell's order of operations
+                h.add_(p.sub_(h).mul_(a))
         elif form == "rate-outside":
-            h = (1.0 - a) * h + a * torch.baddbmm(d, phi(h), WT)
+            torch.baddbmm(d, cell.nl.phi(h), WT, out=p)
+            h.mul_(1.0 - a).add_(p.mul_(a))
         else:
-            h = h + a * phi(torch.baddbmm(d, h, WT))
-        out[:, :, t] = h if states else h @ cell.W_r.T + cell.b_r
-    return out
+            h.add_(act(torch.baddbmm(d, h, WT, out=p)).mul_(a))
+        if states:
+            out[:, :, t] = h
+        else:
+            out[:, :, t] = torch.matmul(h, cell.W_r.T, out=y)
+    return out if states else out.add_(cell.b_r)
+
+
+def variant_chunk(cell: ElmanCell, batch: int, steps: int) -> int:
+    """How many recurrent matrices :func:`rollout_variants` takes at once for ``batch`` x ``steps`` trials.
+
+    Bounded by ``_MEMORY_BUDGET`` (weights, states, outputs) everywhere and,
+    on the CPU, by ``_CACHE_BUDGET`` of state, where bigger batches only add
+    memory traffic (at N = 512 and 256 trials: 8 variants at a time; each
+    variant's [256, 512] x [512, 512] product already runs at GEMM speed).
+    """
+    N = cell.n_hidden
+    itemsize = torch.empty(0, dtype=cell.dtype).element_size()
+    per_variant = itemsize * (2 * N * N + 4 * batch * N + batch * steps * max(cell.n_outputs, 1))
+    chunk = max(1, int(_MEMORY_BUDGET // per_variant))
+    if cell.device.type == "cpu":
+        chunk = min(chunk, max(1, int(_CACHE_BUDGET // (itemsize * batch * N))))
+    return chunk
 
 
 class _Evaluator:
@@ -426,10 +470,7 @@ class _Evaluator:
         self.task = task
         self.inputs = torch.as_tensor(np.asarray(task.inputs), dtype=cell.dtype, device=cell.device)
         B, steps = task.inputs.shape[:2]
-        N = cell.n_hidden
-        itemsize = torch.empty(0, dtype=cell.dtype).element_size()
-        per_variant = itemsize * (2 * N * N + 4 * B * N + B * steps * max(cell.n_outputs, 1))
-        self.chunk = max(1, int(_MEMORY_BUDGET // per_variant))
+        self.chunk = variant_chunk(cell, B, steps)
         self.progress = progress
 
     def __call__(self, sets: list) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,0 +1,164 @@
+"""Benchmarks of rnnprobe schur, each against a floor timed in the same run.
+
+1. Ordered decomposition, N = 256 .. 2048: ``scipy.linalg.schur`` alone (the
+   floor) against what rnnprobe adds: the full reordering of the blocks
+   (``reorder_schur``) and the R/C split's condition numbers
+   (``split_condition``, what ``dtrsen(job="B")`` computes). Goal: the
+   addition costs at most the unordered decomposition itself at N = 1024.
+   Two starting orders: the one LAPACK returns for a random Gaussian matrix,
+   and the worst case (ascending moduli: every block travels the whole way).
+   LAPACK's own ``dtrsen`` is timed as well where it is affordable.
+2. Ablation sweep, 256 trials x 100 steps, 8 variants + 32 controls (40
+   recurrent matrices), tanh Elman cell, at N = 64 and N = 512:
+   ``rollout_variants`` (one batched program) against (a) the same float64
+   flops as one large square matrix product (goal: within 1.5x), and (b) a
+   Python loop of ``torch.nn.RNN`` forwards in float64, one per matrix.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/schur.py [--quick]``. One
+thread everywhere (torch, OpenBLAS), stated in the output. Absolute times on
+a shared machine are noisy; the ratios are measured within one run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+import scipy.linalg  # noqa: E402
+import torch  # noqa: E402
+from scipy.linalg.lapack import dtrsen  # noqa: E402
+
+from rnnprobe.analyses.schur import rollout_variants, variant_chunk  # noqa: E402
+from rnnprobe.cells import ElmanCell  # noqa: E402
+from rnnprobe.numerics import schur as ns  # noqa: E402
+
+
+def best(fn, repeats):
+    """Minimum wall time of ``repeats`` calls (the least disturbed by other work on the machine)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_decomposition(sizes, repeats):
+    print("\n## 1. Ordered real Schur decomposition (random Gaussian W / sqrt(N), --retain-alpha 0.9)\n")
+    print("| N | start | schur (floor) s | reorder s | moves | split s | order+split / schur | dtrsen(B) s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        W = rng.standard_normal((n, n)) / np.sqrt(n)
+        reps = repeats if n <= 1024 else 1
+        t_schur = best(lambda: scipy.linalg.schur(W, output="real"), reps)
+        T0, Q0 = scipy.linalg.schur(W, output="real")
+        lam = ns.block_eigenvalues(T0)
+        rho = float(np.abs(lam).max())
+        first = np.abs(lam) >= 0.9 * rho
+        for start in ("lapack", "ascending"):
+            T1, Q1 = np.array(T0, order="F"), np.array(Q0, order="F")
+            if start == "ascending":
+                r = ns.order_ranks(lam, "modulus", rho=rho, first=first)
+                ns.reorder_schur(T1, Q1, r.max() - r)
+            lam1 = ns.block_eigenvalues(T1)
+            box = {}
+
+            def order():
+                T, Q = np.array(T1, order="F"), np.array(Q1, order="F")
+                ranks = ns.order_ranks(lam1, "modulus", rho=rho, first=np.abs(lam1) >= 0.9 * rho)
+                box["stats"] = ns.reorder_schur(T, Q, ranks)
+                box["T"], box["Q"] = T, Q
+
+            t_order = best(order, reps)
+            T, Q = box["T"], box["Q"]
+            m = int(np.count_nonzero(np.abs(ns.block_eigenvalues(T)) >= 0.9 * rho))
+            t_split = best(lambda: ns.split_condition(T, m), reps)
+            assert box["stats"].complete and np.linalg.norm(Q @ T @ Q.T - W) <= 1e-12 * np.linalg.norm(W)
+            t_lapack = "-"
+            if n <= 512 and start == "lapack":
+                sel = np.zeros(n, dtype=np.int32)
+                sel[:m] = 1
+                t_lapack = f"{best(lambda: dtrsen(sel, T, Q, job='B', wantq=0, lwork=2 * m * (n - m), liwork=m * (n - m)), 1):.3f}"
+            ratio = (t_order + t_split) / t_schur
+            print(f"| {n} | {start} | {t_schur:.3f} | {t_order:.3f} | {box['stats'].moves} | {t_split:.3f} | "
+                  f"**{ratio:.2f}** | {t_lapack} |", flush=True)
+
+
+def bench_ablation(sizes, repeats, trials=256, steps=100, n_w=40):
+    print(f"\n## 2. Ablation sweep: {trials} trials x {steps} steps, {n_w} recurrent matrices "
+          "(8 variants + 32 controls), tanh, float64\n")
+    print("| N | variants per batch | batched rollout s | GFlop/s | one-GEMM floor s (same flops) | "
+          "batched / floor | nn.RNN loop s | loop / batched |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        rng = np.random.default_rng(n)
+        W0 = rng.standard_normal((n, n)) / np.sqrt(n)
+        cell = ElmanCell(W0, rng.standard_normal((n, 1)), rng.standard_normal(n) * 0.1, rng.standard_normal((1, n)),
+                         np.zeros(1))
+        Ws = torch.as_tensor(W0 + 0.01 * rng.standard_normal((n_w, n, n)) / np.sqrt(n))
+        inputs = torch.as_tensor(rng.choice([-1.0, 1.0], size=(trials, steps, 1)))
+        reps = repeats if n <= 128 else 1
+        out = {}
+        chunk = variant_chunk(cell, trials, steps)  # what the analysis uses
+
+        def batched():
+            out["y"] = torch.cat([rollout_variants(cell, Ws[i:i + chunk], inputs) for i in range(0, n_w, chunk)])
+
+        t_batched = best(batched, reps)
+        flops = 2.0 * n_w * trials * steps * n * n
+        side = int(round((flops / 2) ** (1 / 3)))
+        A = torch.randn(side, side, dtype=torch.float64)
+        B = torch.randn(side, side, dtype=torch.float64)
+        t_gemm = best(lambda: A @ B, max(reps, 3)) * flops / (2.0 * side**3)
+        rnn = torch.nn.RNN(1, n, batch_first=True, nonlinearity="tanh").double()
+        with torch.no_grad():
+            rnn.weight_ih_l0.copy_(cell.W_uh)
+            rnn.bias_ih_l0.copy_(cell.b)
+            rnn.bias_hh_l0.zero_()
+
+        def loop():
+            ys = []
+            with torch.no_grad():
+                for v in range(n_w):
+                    rnn.weight_hh_l0.copy_(Ws[v])
+                    h, _ = rnn(inputs)
+                    ys.append(h @ cell.W_r.T + cell.b_r)
+            return torch.stack(ys)
+
+        t_loop = best(loop, reps)
+        ref = loop()
+        err = float((ref - out["y"]).abs().max())
+        assert err < 1e-10, err
+        print(f"| {n} | {chunk} | {t_batched:.3f} | {flops / t_batched / 1e9:.1f} | {t_gemm:.3f} | **{t_batched / t_gemm:.2f}** | "
+              f"{t_loop:.3f} | **{t_loop / t_batched:.2f}** |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print("# rnnprobe schur benchmarks\n")
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} logical CPUs (shared); "
+          f"threads: torch {torch.get_num_threads()}, OMP/OpenBLAS {os.environ['OPENBLAS_NUM_THREADS']}; "
+          f"torch {torch.__version__}, numpy {np.__version__}, scipy {scipy.__version__}")
+    if args.quick:
+        bench_decomposition([128, 256], 1)
+        bench_ablation([32], 1, trials=64, steps=20)
+    else:
+        bench_decomposition([256, 512, 1024, 2048], 3)
+        bench_ablation([64, 512], 3)
+
+
+if __name__ == "__main__":
+    main()
