@@ -521,8 +521,10 @@ def find_fixed_points(
         krylov_dim: GMRES dimension of the matrix-free Newton steps.
         krylov_settle: GMRES stops once this fraction of the candidates has met its
             forcing tolerance ``min(0.1, ||G|| / scale)`` (1: all of them).
-        direct_max: at most this many active candidates use explicit Jacobians
-            (LU; Levenberg-Marquardt after a rejected step); more use GMRES.
+        direct_max: explicit Jacobians (LU; Levenberg-Marquardt after a rejected
+            step) replace GMRES once the active candidates cost at most this many
+            128 x 128 factorisations (``n_active * S^3 <= direct_max * 128^3``);
+            candidates whose Newton-Krylov step was rejected always use them.
         direct_dim: state sizes up to this always use explicit Jacobians.
         polish_iter: Newton iterations a candidate may spend below ``tol``
             polishing towards round-off (quadratic convergence needs 1-2).
@@ -634,7 +636,7 @@ def find_fixed_points(
             stats.setdefault("active", []).append(int(act.numel()))
             if progress is not None:
                 progress.advance()
-            all_direct = act.numel() <= direct_max or S <= direct_dim
+            all_direct = S <= direct_dim or act.numel() * S**3 <= direct_max * 128**3
             use_direct = direct[act] | all_direct
             for sel, method in ((act[use_direct], "direct"), (act[~use_direct], "krylov")):
                 if sel.numel() == 0:
@@ -737,8 +739,8 @@ def find_fixed_points(
             f = fol[mine]
             which = all_which[mine] - rc[0]
             good_root = q[roots] <= tol
-            Minv, info = torch.linalg.inv_ex(system.sub(roots).jacobian(x[roots]))
-            good_root &= (info == 0) & torch.isfinite(Minv).all(dim=(1, 2))
+            LU, piv, info = torch.linalg.lu_factor_ex(system.sub(roots).jacobian(x[roots]))
+            good_root &= (info == 0) & torch.isfinite(LU).all(dim=(1, 2))
             y = x[f].clone()
             sub = system.sub(f)
             order = torch.argsort(which)
@@ -751,14 +753,15 @@ def find_fixed_points(
                 if not bool(moving.any()):
                     break
                 corr = torch.zeros_like(y)
-                for k in good_root.nonzero()[:, 0].tolist():  # one product per distinct point
+                for k in good_root.nonzero()[:, 0].tolist():  # one factorisation per distinct point
                     rows = order[bounds[k]:bounds[k + 1]]
-                    corr[rows] = gy[rows] @ Minv[k].T
+                    if rows.numel():
+                        corr[rows] = torch.linalg.lu_solve(LU[k], piv[k], gy[rows].T).T
                 y = torch.where(moving[:, None], y - corr, y)
                 ok &= torch.isfinite(y).all(dim=1)
                 gy = sub.G(y)
                 qy = _q(gy)
-            del Minv
+            del LU
             close = (y - x[roots[which]]).abs().amax(dim=1) <= dedupe_tol * scale
             ok &= close & (qy <= tol)
             acc = f[ok]
