@@ -396,7 +396,7 @@ def test_analysis_report_and_json(tmp_path):
         assert g["stability"].dtype == np.int8 and g["label"].dtype == np.int8
         assert "eigenvalues_real" in g and "eigenvalues_imag" in g
         assert g["inputs"].shape == (1, 2)
-        assert g.attrs["stability_codes"] == "stable,marginal,saddle,unstable"
+        assert g.attrs["stability_codes"] == "stable,marginal,saddle,repeller"
         # the JSON points and the HDF5 states are in the same order
         np.testing.assert_allclose([p["q"] for p in s["points"]], g["q"][()])
         assert [p["n_unstable"] for p in s["points"]] == list(g["n_unstable"][()])
@@ -493,3 +493,27 @@ def test_gated_flipflop_samples(name):
     # every fixed point is one, recomputed without the solver
     F = model.cell.step(torch.as_tensor(r.states[fixed])).numpy()
     assert np.linalg.norm(F - r.states[fixed], axis=1).max() <= 1e-10
+
+
+def test_leaky_time_constants_and_continuous_eigenvalues(tmp_path):
+    """Leaky linear net: J = (1 - alpha) I + alpha W, so (lambda - 1) / alpha are the eigenvalues of W - I."""
+    alpha, dt = 0.2, 0.05
+    W = np.array([[0.5, 0.3, 0.0], [-0.3, 0.5, 0.0], [0.0, 0.0, -0.5]])
+    model = Model(cell=ElmanCell(W, alpha=alpha, nonlinearity="linear"), dt=dt)
+    init = tmp_path / "init.npy"
+    np.save(init, uniform_init(16, 3, seed=10))
+    Xi = tmp_path / "basis.npz"
+    np.savez(Xi, Xi=np.eye(3)[:, :2])  # a partial user basis: the rotating plane
+    r = run(model, FixedpointsOptions(init=str(init), basis=str(Xi)), RunContext())
+    assert r.n_unique == 1 and np.abs(r.states).max() <= 1e-12
+    lam = np.linalg.eigvals((1 - alpha) * np.eye(3) + alpha * W)
+    np.testing.assert_allclose(np.sort_complex(r.eigenvalues[0]), np.sort_complex(lam), atol=1e-13)
+    np.testing.assert_allclose(np.sort_complex(r.ct_eigenvalues[0]), np.sort_complex(np.linalg.eigvals(W) - 1),
+                               atol=1e-12)
+    slowest = np.max(1.0 / np.abs(np.log(np.abs(lam))))
+    assert abs(r.tau_max[0] - slowest) <= 1e-10 and abs(r.tau_max_time[0] - dt * slowest) <= 1e-12
+    # the user basis spans the rotating plane: Phi is J restricted there, the rest is reconstruction error
+    J = (1 - alpha) * np.eye(3) + alpha * W
+    np.testing.assert_allclose(r.memory_basis["Phi"][0], J[:2, :2], atol=1e-14)
+    assert r.memory_basis["basis"].startswith("file:")
+    assert abs(r.memory_basis["reconstruction_error"][0] - abs(J[2, 2]) / np.linalg.norm(J)) <= 1e-12

@@ -198,7 +198,7 @@ class FixedpointsResult(Result):
             "n_stable": int((stab == fp.STABLE).sum()),
             "n_marginal": int((stab == fp.MARGINAL).sum()),
             "n_saddle": int((stab == fp.SADDLE).sum()),
-            "n_unstable": int((stab == fp.UNSTABLE).sum()),
+            "n_repeller": int((stab == fp.REPELLER).sum()),
             "max_q": float(self.q.max()) if self.n_unique else None,
             "inputs": self.inputs.tolist(),
             "initial_states": self.initial_states_source,

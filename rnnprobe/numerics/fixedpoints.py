@@ -58,7 +58,7 @@ __all__ = [
     "STABLE",
     "MARGINAL",
     "SADDLE",
-    "UNSTABLE",
+    "REPELLER",
     "STABILITY",
     "FixedPointSet",
     "find_fixed_points",
@@ -79,8 +79,8 @@ FIXED, SLOW, UNCONVERGED = 0, 1, 2
 LABELS = ("fixed", "slow", "unconverged")
 
 # stability codes of a linearisation
-STABLE, MARGINAL, SADDLE, UNSTABLE = 0, 1, 2, 3
-STABILITY = ("stable", "marginal", "saddle", "unstable")
+STABLE, MARGINAL, SADDLE, REPELLER = 0, 1, 2, 3
+STABILITY = ("stable", "marginal", "saddle", "repeller")
 
 # solver states of a candidate
 _ACTIVE, _DONE, _FOLLOWER, _STALLED = 0, 1, 2, 3
@@ -919,7 +919,7 @@ def classify(eigenvalues: torch.Tensor, marginal_tol: float):
     ``n_unstable`` counts ``|lambda| > 1 + marginal_tol``, ``n_marginal`` counts
     ``| |lambda| - 1 | <= marginal_tol`` (an estimate of the dimension of a
     continuous attractor through the point). The code is :data:`SADDLE` when
-    some but not all directions are unstable, :data:`UNSTABLE` when all are,
+    some but not all directions are unstable, :data:`REPELLER` when all are,
     else :data:`MARGINAL` when some are marginal, else :data:`STABLE`.
 
     Returns ``(codes int8 [K], n_unstable [K], n_marginal [K])``.
@@ -931,7 +931,7 @@ def classify(eigenvalues: torch.Tensor, marginal_tol: float):
     codes = torch.full(n_unstable.shape, STABLE, dtype=torch.int8, device=eigenvalues.device)
     codes[n_marginal > 0] = MARGINAL
     codes[n_unstable > 0] = SADDLE
-    codes[n_unstable == S] = UNSTABLE
+    codes[n_unstable == S] = REPELLER
     return codes, n_unstable, n_marginal
 
 

@@ -10,7 +10,7 @@ from rnnprobe.numerics.fixedpoints import STABILITY
 
 __all__ = ["plot"]
 
-_COLOURS = {"stable": "tab:blue", "marginal": "tab:green", "saddle": "tab:red", "unstable": "tab:purple"}
+_COLOURS = {"stable": "tab:blue", "marginal": "tab:green", "saddle": "tab:red", "repeller": "tab:purple"}
 
 
 def _unstable_directions(J: np.ndarray, n_unstable: int) -> list[np.ndarray]:
