@@ -12,6 +12,7 @@ Systems (column convention, J = [[0, -1], [1, 0]]):
 """
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -27,7 +28,7 @@ from rnnprobe.analyses.base import RunContext
 from rnnprobe.cells import ElmanCell
 from rnnprobe.errors import InputError
 from rnnprobe.model import Model
-from rnnprobe.pipeline import RunSettings, analyze
+from rnnprobe.pipeline import RunSettings, analyze, task_source
 
 J = np.array([[0.0, -1.0], [1.0, 0.0]])
 FAST = dict(inits=6, warmup=300, max_warmup=3000, steps=600, exponents=2)
@@ -276,3 +277,54 @@ def test_cli_on_a_residual_checkpoint(tmp_path):
     assert summary["gate_failures"] and summary["euler_flagged"] is True
     res = runner.invoke(app, [*args, "--input", "1,2"])
     assert res.exit_code == 2 and "--input has 2 value(s)" in res.stderr and "Traceback" not in res.output
+
+
+SAMPLES = {name: Path(__file__).resolve().parents[1] / "sample_checkpoints" / f"{name}.pt"
+           for name in ("osc_skew", "osc_antisym", "osc_rnn")}
+SAMPLE_OPTIONS = dict(inits=8, warmup=500, max_warmup=4000, steps=1000, exponents=2)
+
+
+def _sample(name):
+    from rnnprobe.checkpoints import load_checkpoint
+
+    model = load_checkpoint(SAMPLES[name])
+    source, _ = task_source(model, RunSettings())  # the sidecar's task: half the initial states, the horizon
+    return model, D.run(model, D.DynamicsOptions(**SAMPLE_OPTIONS), RunContext(seed=0, task_source=source))
+
+
+def test_generic_tanh_sample_is_a_limit_cycle_generating_the_trained_sine():
+    model, r = _sample("osc_rnn")
+    s = r.summary()
+    assert s["classification"] == "limit_cycle" and s["input"] == [1.0]  # the sidecar's autonomous_input
+    assert s["period"] == pytest.approx(2 * np.pi / 0.2, rel=0.01)  # sin(0.2 t): 31.4 steps
+    assert s["initial_period"] == pytest.approx(2 * np.pi / 0.2, rel=0.01)
+    assert s["output_amplitude"][0] == pytest.approx(1.0, rel=0.05)
+    assert s["flow_cycle"] and abs(s["floquet_trivial"] - 1) < 1e-6 and s["floquet_max"] < 1
+    assert s["invariant"] is None and r.invariant["applies"] is False
+
+
+def test_skew_sample_conserves_its_invariant_in_the_flow_and_drifts_in_the_map():
+    model, r = _sample("osc_skew")
+    s = r.summary()
+    W = model.cell.W_hh.numpy()
+    assert np.array_equal(W, -W.T)  # saved exactly skew-symmetric
+    assert s["skew_fraction"] == 1.0 and s["purely_imaginary"] and s["sym_top_eigenvalue"] == 0.0
+    assert s["invariant_conserved"] and abs(s["invariant_drift_flow"]) < 1e-8
+    assert s["invariant_drift"] > 1e-3 and s["invariant_drift_euler"] == pytest.approx(s["invariant_drift"], rel=1e-6)
+    assert s["euler_flagged"] and s["euler_max_stable_step"] == 0.0
+    assert s["initial_period"] == pytest.approx(2 * np.pi / 0.2, rel=0.03)
+
+
+def test_antisymmetric_sample_euler_margin_matches_the_spectrum_of_W():
+    model, r = _sample("osc_antisym")
+    s = r.summary()
+    W = model.cell.W_hh.numpy()
+    gamma = -np.trace(W) / W.shape[0]
+    assert s["gamma"] == pytest.approx(0.01, rel=1e-6) and r.structure["sym_isotropy"] < 1e-7
+    # at a fixed point of the residual flow W h + U u + b = 0, so tanh' = 1 and the flow's Jacobian is W itself
+    lam = np.linalg.eigvals(W)
+    fixed = [row for row in r.euler if row["state"].startswith("fixed point")]
+    assert fixed and r.fixed_points.shape[0] == len(fixed)
+    assert fixed[0]["factor"] == pytest.approx(np.abs(1 + 0.1 * lam).max(), rel=1e-9)
+    assert fixed[0]["max_stable_step"] == pytest.approx(np.min(2 * gamma / np.abs(lam) ** 2), rel=1e-6)
+    assert s["euler_flagged"] and s["invariant_drift_flow"] < 0 < s["invariant_drift_euler"]

@@ -470,6 +470,7 @@ def _group(X: torch.Tensor, kinds: list, period: torch.Tensor, size: torch.Tenso
     last = X[:, -1]
     codes = torch.tensor([_KIND_CODE[k] for k in kinds], device=X.device)
     steplen = (X[:, 1:] - X[:, :-1]).norm(dim=-1)
+    centre = X.mean(1)
     for kind in ("fixed_point", "limit_cycle", "unresolved"):
         pending = (codes == _KIND_CODE[kind]) & (member < 0)
         while bool(pending.any()):  # one pass per distinct attractor, batched over trajectories
@@ -493,7 +494,9 @@ def _group(X: torch.Tensor, kinds: list, period: torch.Tensor, size: torch.Tenso
                 D[(idx[:, None] - idx[None]).abs() * max(1, T // 1000) <= 5] = math.inf
                 spacing = D.amin(1).median()
                 d = torch.cdist(last, pts).amin(1)
-                hit = (d <= 3.0 * spacing + cycle_tol * size[r]) & (codes == _KIND_CODE[kind])
+                # or the same centre and size to 10 % (high-dimensional sets are sampled too sparsely for the first)
+                same = ((centre - centre[r]).norm(dim=-1) <= 0.1 * size[r]) & ((size - size[r]).abs() <= 0.1 * size[r])
+                hit = ((d <= 3.0 * spacing + cycle_tol * size[r]) | same) & (codes == _KIND_CODE[kind])
             hit[r] = True
             member = torch.where(hit & (member < 0), torch.full_like(member, len(reps) - 1), member)
             pending = pending & (member < 0)
@@ -719,6 +722,7 @@ class DynamicsResult(Result):
     euler_eigenvalues: np.ndarray
     euler_summary: dict
     flow: dict
+    initial: dict
     structure: dict | None
     invariant: dict | None
     pca: dict
@@ -741,6 +745,9 @@ class DynamicsResult(Result):
             "period": dom.get("period_steps"),
             "period_time": dom.get("period_time"),
             "period_integer": dom.get("period_integer"),
+            "initial_period": self.initial.get("period_steps"),
+            "initial_period_time": self.initial.get("period_time"),
+            "initial_closure": self.initial.get("closure"),
             "flow_classification": self.flow.get("kind"),
             "flow_cycle": self.flow.get("cycle") if dom.get("flow_cycle") is None else dom.get("flow_cycle"),
             "flow_period": dom.get("flow_period", self.flow.get("period")),
@@ -869,6 +876,30 @@ def _rate(cell: ElmanCell, dt: float) -> float:
     """A bound on the field's Lipschitz constant: (alpha / dt) (||W||_2 max|phi'| + 1), per time unit."""
     gain = cell.nl.dphi(torch.linspace(-3, 3, 61, dtype=cell.dtype, device=cell.device)).abs().max().item()
     return cell.alpha / dt * (torch.linalg.matrix_norm(cell.W_hh, ord=2).item() * gain + 1.0)
+
+
+def _initial_oscillation(cell: Cell, X: torch.Tensor, dt: float, options: DynamicsOptions) -> dict:
+    """The oscillation a network makes from where it starts, before any long-run drift: the return of its
+    trajectory X [1, T, S] to its last point. With a readout, of the output (what the network was trained to
+    produce; slow state directions that the readout ignores may wander) embedded as (y, dy) per output, each
+    scaled by its standard deviation so that a sine traces a circle; else of the state."""
+    if not bool(torch.isfinite(X).all()):
+        return {"oscillating": False, "period_steps": math.nan, "period_time": math.nan, "closure": math.nan,
+                "of": "output" if cell.has_readout else "state"}
+    Z = X
+    if cell.has_readout:
+        y = cell.readout(X)
+        dy = y[:, 1:] - y[:, :-1]
+        y = y[:, 1:]
+        tiny = torch.finfo(X.dtype).tiny
+        Z = torch.cat([y / y.std(1, keepdim=True).clamp_min(tiny), dy / dy.std(1, keepdim=True).clamp_min(tiny)], -1)
+    size, _ = _size(Z)
+    rec = _returns(Z, size.clamp_min(torch.finfo(X.dtype).tiny))
+    P = rec["period"][0].item()
+    closure = rec["closure_first"][0].item()
+    ok = bool(rec["found"][0]) and closure < options.cycle_tol
+    return {"oscillating": ok, "period_steps": P, "period_time": P * dt, "closure": closure,
+            "of": "output" if cell.has_readout else "state"}
 
 
 def _flow_trajectory(cell: ElmanCell, h0: torch.Tensor, u: torch.Tensor, dt: float, steps: int) -> torch.Tensor:
@@ -1140,17 +1171,34 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
                  f"where the flow does not (largest stable step {max_step:.3g}): the map spirals out where the flow "
                  "is neutral or stable")
 
-    # the flow from the dominant trajectory's initial state, and the motion invariants from the initial states
+    # a reference start: the zero state, where trained networks start their tasks, unless it is an equilibrium
+    # (then the dominant attractor's initial state); the map's and the flow's trajectories from it, the
+    # oscillation the map makes from there (before any drift), and the motion invariants along them
+    zero = torch.zeros(1, S, dtype=ctx.dtype, device=ctx.device)
+    moves = (cell.step(zero, cell._inputs(u, 1)) - zero).norm().item() > options.fixed_tol
     dom_r = rows[0]["representative"] if rows else 0
+    h_ref = zero if moves else h0[dom_r: dom_r + 1]
+    X0 = torch.cat([h0[:, None], _run(cell, h0, u, options.steps)], dim=1)  # the map from the initial states
+    X_ref = torch.cat([h_ref[:, None], _run(cell, h_ref, u, options.steps)], dim=1)
+    # over the task's length when a task is known (the horizon the network was trained on), else the record's
+    horizon = options.steps
+    if ctx.has_task:
+        horizon = max(8, min(options.steps, ctx.task(batch=min(B, 64)).length))
+    initial = _initial_oscillation(cell, X_ref[:, : horizon + 1], dt, options)
+    initial["horizon"] = horizon
+    initial["start"] = "zero state" if moves else f"initial state {dom_r}"
     flow: dict = {"kind": None, "cycle": False}
     Y = None
     if isinstance(cell, ElmanCell):
-        Y = _flow_trajectory(cell, h0[dom_r: dom_r + 1], u, dt, options.steps)
+        Y = _flow_trajectory(cell, h_ref, u, dt, options.steps)
         shot = bool(rows and rows[0].get("flow_cycle"))  # the dominant map cycle's flow orbit is known already
         flow = _flow_reference(cell, Y, u, dt, options, notes, shoot=not shot)
         flow["trajectory"] = Y
-    X0 = torch.cat([h0[:, None], _run(cell, h0, u, options.steps)], dim=1)  # the map from the initial states
-    invariant = _invariants(cell, X0, u, dt, dom_r, structure, Y)
+        flow["start"] = initial["start"]
+    invariant = _invariants(cell, torch.cat([X0, X_ref]), u, dt, B, structure, Y)
+    if invariant.get("applies"):
+        invariant["trajectory_drift"] = invariant["trajectory_drift"][:B]
+        invariant["norm_drift"] = invariant["norm_drift"][:B]
 
     mean, basis = _pca(X[torch.as_tensor(kind_arr != "divergent")] if n_div < B else X)
     show = torch.linspace(0, B - 1, min(B, 12)).long()
@@ -1171,7 +1219,7 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
         trajectory_period=att.period.cpu().numpy(), trajectory_closure=att.closure.cpu().numpy(),
         trajectory_drift=att.drift.cpu().numpy(), warmup_steps=att.warmup, attractors=rows, cycles=cycles,
         fixed_points=fixed.cpu().numpy(), euler=euler_rows, euler_eigenvalues=eu["eigenvalues"].cpu().numpy(),
-        euler_summary=euler_summary, flow=flow,
+        euler_summary=euler_summary, flow=flow, initial=initial,
         structure=None if structure is None else {k: v for k, v in structure.items()},
         invariant=invariant, pca=pca, notes=notes,
     )
