@@ -406,6 +406,11 @@ def _basis_argument(options: FixedpointsOptions, n_state: int):
 def run(model: Model, options: FixedpointsOptions, ctx: RunContext) -> FixedpointsResult:
     cell = model.cell
     basis = _basis_argument(options, cell.n_state)
+    eps = torch.finfo(cell.dtype).eps
+    if options.tol < 0.5 * cell.n_state * (64 * eps) ** 2 * 1e3:
+        ctx.warn(f"--tol {options.tol:g} is near the round-off floor of q in {str(cell.dtype).replace('torch.', '')} "
+                 f"(about {0.5 * cell.n_state * (64 * eps) ** 2:.1g} for unit-scale states): candidates may end as slow "
+                 "points; use --dtype float64 or a larger --tol")
     x0, u, cond, conds, traj, source = sample_initial_states(model, options, ctx)
     fps = fp.find_fixed_points(
         cell, u, x0, tol=options.tol, slow_tol=options.slow_tol, max_iter=options.max_iter,
