@@ -385,14 +385,15 @@ def _grid_cells(key: torch.Tensor) -> torch.Tensor:
 
 
 def deduplicate(states: torch.Tensor, q: torch.Tensor, tol: float, groups: torch.Tensor | None = None,
-                block: int = 1024):
+                block_bytes: float = 64e6):
     """Merge states that agree to ``tol`` (sup norm), keeping the lowest-``q`` one of each cluster.
 
     States are put on a grid of side ``tol`` (cells found by hashing); grid cells whose lowest-q
     states are within ``2 tol`` (sup norm, computed exactly, in blocks) are
     joined, and clusters are the connected components of that relation. States
     in different ``groups`` (e.g. input conditions) are never merged. Cost:
-    O(n S log n) for the grid plus O(C^2 S) for the C occupied cells.
+    O(n S log n) for the grid plus O(C^2 S) for the C occupied cells, in blocks of
+    at most ``block_bytes`` of differences.
 
     Returns ``(representatives [K], assignment [n])``: indices into ``states``
     of the kept states (sorted by first occurrence) and, for every state, the
@@ -420,6 +421,7 @@ def deduplicate(states: torch.Tensor, q: torch.Tensor, tol: float, groups: torch
     R = states[rep_of_cell]
     Rg = None if groups is None else groups[rep_of_cell]
     ei, ej = [], []
+    block = max(1, min(C, int(block_bytes // max(1, C * R.shape[1] * R.element_size()))))
     for s in range(0, C, block):
         d = (R[s:s + block, None, :] - R[None, :, :]).abs().amax(dim=-1)
         near = d <= 2 * tol
