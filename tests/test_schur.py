@@ -310,6 +310,17 @@ def test_retain_k_never_splits_a_pair():
     np.testing.assert_allclose(np.sort(np.abs(dec.schur.eigenvalues[:3])), [np.hypot(0.5, 0.4)] * 2 + [0.9])
 
 
+def test_retain_k_inside_a_tie_is_warned():
+    # three rotations: every |lambda| = 1, so which pair is "top 2" is decided by the tie rule (|arg|)
+    rot = [np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) for t in (0.3, 1.1, 2.0)]
+    Q = random_orthogonal(6, np.random.default_rng(6))
+    W = Q @ scipy.linalg.block_diag(*rot) @ Q.T
+    dec = A.decompose(W, retain=2)
+    assert any("tie in --order modulus" in w for w in dec.warnings)
+    np.testing.assert_allclose(np.abs(np.angle(dec.schur.eigenvalues[:2])), 0.3, atol=1e-12)
+    assert A.decompose(W, retain_alpha=0.9).warnings == []
+
+
 def test_real_and_angle_orders_put_r_first():
     rng = np.random.default_rng(12)
     W = rng.standard_normal((40, 40)) / np.sqrt(40)

@@ -276,7 +276,7 @@ def _warn_tie(lam, ranks, first, order, warnings) -> None:
     if first.all() or not first.any():
         return
     rho = float(np.max(np.abs(lam)))
-    key, tol = ns._primary(lam, order, rho)
+    key, tol = ns.primary_key(lam, order, rho)
     last_in = key[first].max()
     first_out = key[~first].min()
     if abs(first_out - last_in) <= tol:

@@ -53,7 +53,11 @@ __all__ = [
     "block_starts",
     "block_sizes",
     "block_eigenvalues",
+    "block_ids",
+    "block_starts_from_eigs",
     "coupling_mask",
+    "primary_key",
+    "ReorderStats",
     "order_ranks",
     "reorder_schur",
     "ordered_schur",
@@ -318,7 +322,7 @@ class ReorderStats:
     complete: bool = True
 
 
-def reorder_schur(T: np.ndarray, Q: np.ndarray, ranks: np.ndarray, *, window: int = 96) -> ReorderStats:
+def reorder_schur(T: np.ndarray, Q: np.ndarray, ranks: np.ndarray, *, window: int = 64) -> ReorderStats:
     """Sort the diagonal blocks of ``T`` by ``ranks`` (ascending), updating ``T`` and ``Q`` in place.
 
     ``T`` and ``Q`` must be float64 and Fortran-ordered (``np.asfortranarray``);
@@ -364,8 +368,8 @@ def reorder_schur(T: np.ndarray, Q: np.ndarray, ranks: np.ndarray, *, window: in
     return stats
 
 
-def _primary(z: np.ndarray, order: str, rho: float) -> tuple[np.ndarray, float]:
-    """The primary sort key of ``order`` (ascending = earlier) and its tie tolerance."""
+def primary_key(z: np.ndarray, order: str, rho: float) -> tuple[np.ndarray, float]:
+    """The primary sort key of ``order`` for eigenvalues ``z`` (ascending = earlier) and its tie tolerance."""
     if order == "modulus":
         return -np.abs(z), TIE_RTOL * rho
     if order == "real":
@@ -385,7 +389,7 @@ def order_violations(lam: np.ndarray, order: str, *, rho: float, first: np.ndarr
     lam = np.asarray(lam, dtype=np.complex128)
     starts = block_starts_from_eigs(lam)
     z = lam[starts]
-    key, tol = _primary(z, order, rho)
+    key, tol = primary_key(z, order, rho)
     # a little slack over the tie tolerance: swaps move eigenvalues by rounding errors
     gid = np.zeros(z.size, dtype=np.int64)
     if first is not None:
@@ -429,7 +433,7 @@ class OrderedSchur:
     rho: float
 
 
-def ordered_schur(W, order: str = "modulus", *, select=None, window: int = 96) -> OrderedSchur:
+def ordered_schur(W, order: str = "modulus", *, select=None, window: int = 64) -> OrderedSchur:
     """Real Schur form of ``W`` with a full ordering of its diagonal blocks.
 
     Arguments:
