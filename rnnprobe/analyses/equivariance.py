@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from rnnprobe.analyses.base import AnalysisSpec, Options, Result, RunContext, option
-from rnnprobe.errors import InputError
+from rnnprobe.errors import InputError, RnnprobeError
 from rnnprobe.groups import Action, Group, parse_group
 from rnnprobe.model import Model
 
@@ -540,9 +540,15 @@ def _neutral_modes(model: Model, group: Group, X: torch.Tensor, options: Equivar
                        "attractor); observed: not measured, rnnprobe.numerics.lyapunov is not available")
         return out
     k = min(cell.n_state, 32)
-    est = lyapunov_spectrum(cell, h, None, k=k, steps=options.lyapunov_steps,
-                            warmup=max(10, options.lyapunov_steps // 5), generators=A,
-                            generator=ctx.generator(15))
+    try:
+        est = lyapunov_spectrum(cell, h, None, k=k, steps=options.lyapunov_steps,
+                                warmup=max(10, options.lyapunov_steps // 5), generators=A,
+                                generator=ctx.generator(15))
+    except RnnprobeError as e:  # the equivariance measures stand without the exponents
+        out["note"] = (f"expected at least {expected} protected neutral modes; observed: not measured, "
+                       f"the zero-input Lyapunov run failed ({e.message})")
+        out["warning"] = out["note"]
+        return out
     per_init = np.asarray(est.per_init)
     near = np.sum(np.abs(per_init) <= options.neutral_tol, axis=1)
     values, counts = np.unique(near, return_counts=True)
