@@ -220,6 +220,15 @@ def test_antisymmetric_rnn_oscillates_only_through_its_euler_step():
     assert small.classification == "fixed_point" and not small.euler_summary["flagged"]
 
 
+def test_large_networks_skip_the_multipliers():
+    r = _run(ElmanCell(1.5 * np.eye(2) + 2 * J, alpha=0.1), floquet_max_units=1, exponents=0)
+    s = r.summary()
+    assert s["classification"] == "limit_cycle" and np.isnan(s["floquet_max"]) and s["floquet_source"] is None
+    assert s["period"] > 0 and any("--floquet-max-units=1" in n for n in r.notes)
+    with pytest.raises(InputError, match="GiB of recorded states .limit 4 GiB.; lower --inits or --steps"):
+        _run(ElmanCell(np.eye(2), alpha=0.1), inits=4096, steps=10**6, max_warmup=10**6)
+
+
 def test_options_and_input_errors():
     with pytest.raises(InputError, match="--input='a,b' must be comma-separated numbers"):
         D.DynamicsOptions(input="a,b")

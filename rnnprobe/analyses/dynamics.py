@@ -109,6 +109,9 @@ class DynamicsOptions(Options):
     floquet_steps: int = option(200, min=50,
                                 help="Least RK4 steps per period when shooting the flow's cycle (more are used "
                                      "so that each step times the field's rate bound is at most 0.04).")
+    floquet_max_units: int = option(256, min=1,
+                                    help="Multipliers and the flow's periodic orbit only up to this many state "
+                                         "units (their cost grows as S^3 per step of a period).")
     imag_tol: float = option(1e-9, min=0.0,
                              help="The spectrum of W is purely imaginary when max |Re lambda| <= this times "
                                   "the spectral radius.")
@@ -529,11 +532,11 @@ def map_multipliers(cell: Cell, states: torch.Tensor, u=None, *,
     is machine epsilon times the norm of M: multipliers below it are not
     resolved.
     """
-    J = cell.jacobian(states, cell._inputs(u, states.shape[0]))
-    M = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
+    uu = cell._inputs(u, 1)
+    M = torch.eye(states.shape[-1], dtype=states.dtype, device=states.device)
     log_scale = 0.0
-    for k in range(J.shape[0]):
-        M = J[k] @ M
+    for k in range(states.shape[0]):  # J_k M through the cell's jvp: no [p, S, S] stack of Jacobians
+        M = cell.jvp(states[k: k + 1], uu, M[None])[0]
         n = torch.linalg.matrix_norm(M).item()
         if n > 0 and math.isfinite(n):
             M = M / n
@@ -933,7 +936,7 @@ def _flow_reference(cell: ElmanCell, Y: torch.Tensor, u: torch.Tensor, dt: float
         out["kind"] = "divergent" if drift[0].item() > options.drift_tol and trend[0].item() > 5.0 else "unresolved"
         return out
     T0 = rec["period"][0].item() * dt
-    if not shoot:
+    if not shoot or Y.shape[1] > options.floquet_max_units:
         out.update({"kind": "limit_cycle", "cycle": True, "period": T0, "period_estimate_only": True})
         return out
     sh = _shoot(cell, half[0, -1][None], [T0], u, dt, options, notes)
@@ -1016,6 +1019,10 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
         structure = weight_structure(W, imag_tol=options.imag_tol)
     except NoRecurrentMatrix as e:
         notes.append(f"no structure of W_hh: {e.message}")
+    need = 2 * options.inits * (options.steps + 1) * cell.n_state * torch.finfo(ctx.dtype).bits // 8
+    if need > 4 * 1024**3:
+        raise InputError(f"--inits {options.inits} x --steps {options.steps} x {cell.n_state} state units needs "
+                         f"{need / 1024**3:.1f} GiB of recorded states (limit 4 GiB); lower --inits or --steps")
     h0 = _initial_states(model, options, ctx)
     att = find_attractors(cell, h0, u, warmup=options.warmup, max_warmup=options.max_warmup, steps=options.steps,
                           cycle_tol=options.cycle_tol, fixed_tol=options.fixed_tol, drift_tol=options.drift_tol,
@@ -1084,7 +1091,9 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
         i0 = T - 3 - p  # one revolution from i0 to i0 + p, with two recorded states beyond each end
         states = X[r, i0: i0 + p]
         integer = bool(att.closure_first[r].item() < 1e-8 and abs(P - round(P)) < 1e-6)
-        if integer:
+        if S > options.floquet_max_units:
+            mu, floor, triv = np.zeros(0, dtype=complex), math.nan, 0
+        elif integer:
             mu, _, floor = map_multipliers(cell, states, u)
             triv = int(np.argmin(np.abs(mu - 1.0)))
         else:
@@ -1105,14 +1114,17 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
             "amplitude_rms": (states - centre).norm(dim=-1).pow(2).mean().sqrt().item(),
             "output_amplitude": (0.5 * (cell.readout(states).amax(0) - cell.readout(states).amin(0))).tolist()
             if readout else None,
-            "map_multiplier_trivial": complex(mu[triv]),
+            "map_multiplier_trivial": complex(mu[triv]) if mu.size else None,
             "map_multiplier_max": float(np.max(np.abs(np.delete(mu, triv)))) if mu.size > 1 else math.nan,
         })
         cycles[f"cycle_{i}"] = {"states": states, "map_multipliers": mu, "map_floor": floor,
                                 "outputs": cell.readout(states) if readout else None}
         shoot_x.append(X[r, -1])
         shoot_T.append(P * dt)
-    if cyc_rows and isinstance(cell, ElmanCell):
+    if cyc_rows and S > options.floquet_max_units:
+        notes.append(f"{S} state units > --floquet-max-units={options.floquet_max_units}: no multipliers (each costs "
+                     "products of S x S matrices over a period); the Lyapunov exponents give the cycle's stability")
+    elif cyc_rows and isinstance(cell, ElmanCell):
         sh = _shoot(cell, torch.stack(shoot_x), shoot_T, u, dt, options, notes)
         for j, i in enumerate(cyc_rows):
             rrow = rows[i]
@@ -1135,10 +1147,11 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
                 notes.append(f"attractor {i}: the flow has no periodic orbit near the map's cycle (Newton shooting "
                              f"did not converge): the oscillation is a property of the discrete map "
                              f"(step dt = {dt:g}), not of the flow it integrates")
-    else:
+    if cyc_rows and (S > options.floquet_max_units or not isinstance(cell, ElmanCell)):
         for i in cyc_rows:
+            has = rows[i]["map_multiplier_trivial"] is not None
             rows[i].update({"floquet_trivial": rows[i]["map_multiplier_trivial"],
-                            "floquet_max": rows[i]["map_multiplier_max"], "floquet_source": "map"})
+                            "floquet_max": rows[i]["map_multiplier_max"], "floquet_source": "map" if has else None})
 
     # Euler stability at the origin and at the fixed points (equilibria of the flow as well: F(h) = h iff f(h) = 0),
     # found by the shared solver from the attracting ones, the centres of the other attractors, the origin and
