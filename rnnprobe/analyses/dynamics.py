@@ -25,12 +25,18 @@ Dynamics in Recurrent Neural Networks"; Chang et al. 2019, AntisymmetricRNN):
   Trajectories are grouped into attractors; each gets its basin share.
 * For a limit cycle: the period in steps (fractional: an Euler map's cycle is
   an invariant closed curve, rarely an integer-period orbit) and time units,
-  the amplitude, the cycle as an array, the map's multipliers (eigenvalues of
-  the product of its Jacobians over one period), and the flow's periodic
-  orbit found by Newton shooting from the map's cycle, with its Floquet
-  multipliers (eigenvalues of the product of RK4 step Jacobians over one
-  period: one is 1 along the flow; the others inside the unit circle for an
-  asymptotically stable cycle, on it for a conservative one).
+  the amplitude, the cycle as an array, the map's multipliers (from the
+  product of its Jacobians over one period: along the curve, and across it
+  with the twist removed, see :func:`map_multipliers`), and the flow's
+  periodic orbit found by Newton shooting from the map's cycle, with its
+  Floquet multipliers (eigenvalues of the product of RK4 step Jacobians over
+  one period: one is 1 along the flow; the others inside the unit circle for
+  an asymptotically stable cycle, on it for a conservative one). When the
+  shooting finds no orbit, the oscillation belongs to the discrete map only.
+* From a reference start (the zero state, where trained networks start, or
+  the dominant attractor's initial state when zero is an equilibrium): the
+  oscillation the network makes over the task's horizon (the period of its
+  output), and what the flow does from there (its class, its periodic orbit).
 * Motion invariants (residual form): ``H(h) = sum_i Phi((W h + U u + b)_i)``,
   ``Phi' = phi``, is conserved by the flow when W is skew-symmetric; its
   drift along the map's trajectory and along the flow measures how far the
@@ -174,7 +180,7 @@ def weight_structure(W: torch.Tensor, *, imag_tol: float = 1e-9) -> dict:
         "spectral_radius": rho,
         "purely_imaginary": bool(max_re <= imag_tol * max(rho, tiny)),
         "sym_isotropy": torch.linalg.matrix_norm(W_s - s * eye).item() / max(norm, tiny),
-        "gamma": -s,
+        "gamma": 0.0 - s + 0.0,  # no "-0.0" for a traceless W
     }
 
 
