@@ -239,7 +239,8 @@ class _Refiner:
                 return a, b
 
 
-def _parity_solve(n_vars: int, edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray | None, np.ndarray]:
+def _parity_solve(n_vars: int, edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                  ) -> tuple[np.ndarray | None, np.ndarray]:
     """Solve ``x_i x_j = r_ij`` over x in {+-1}; variable ``n_vars`` is the ground (fixed +1).
 
     Returns (x, component labels) or (None, labels) when inconsistent. Each

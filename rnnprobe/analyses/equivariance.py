@@ -440,10 +440,12 @@ def run(model: Model, options: EquivarianceOptions, ctx: RunContext) -> Equivari
     group, spec = _resolve_group(model, options, found)
     X, U, source, task_inputs = _sample_states(model, options, ctx)
     trained = str(model.trained_dtype)
-    common = dict(trained_dtype=trained, dtype_floor=dtype_floor(trained), analysis_dtype=str(ctx.dtype).replace("torch.", ""),
-                  analysis_floor=float(torch.finfo(ctx.dtype).eps), state_source=source, n_states=int(X.shape[0]),
-                  discovered=discovered)
+    common = dict(trained_dtype=trained, dtype_floor=dtype_floor(trained),
+                  analysis_dtype=str(ctx.dtype).replace("torch.", ""), analysis_floor=float(torch.finfo(ctx.dtype).eps),
+                  state_source=source, n_states=int(X.shape[0]), discovered=discovered)
     if group is None:
+        if options.max_error is not None:
+            ctx.warn("--max-error not applied: --discover found no symmetry and no --group was given")
         return EquivarianceResult(
             group=None, group_name="trivial (nothing discovered)", continuous=False, error=None, mean_error=None,
             worst_element=None, readout_error=None, infinitesimal_error=None, rollout_error_final=None,
