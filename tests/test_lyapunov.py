@@ -437,7 +437,7 @@ def test_report_layout(tmp_path):
                 "steps", "inits", "units", "tangent_exponent", "pseudo_gap", "predicted_lifetime",
                 "measured_lifetime", "orbit_moves"):
         assert key in s, key
-    assert len(s["exponents"]) == 6 and s["units"] == "per step" and s["steps"] == 200 and s["inits"] == 2
+    assert len(s["exponents"]) == 6 and s["units"] == "per step" and s["steps"] == 150 and s["inits"] == 2
     assert s["predicted_lifetime_time"] == pytest.approx(0.5 * s["predicted_lifetime"])
     assert s["exponents_per_time"][0] == pytest.approx(2 * s["exponents"][0])
     with h5py.File(tmp_path / "ring.lyapunov.h5", "r") as f:

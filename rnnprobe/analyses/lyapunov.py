@@ -252,6 +252,27 @@ def _generators(model: Model, options: LyapunovOptions) -> tuple[torch.Tensor | 
     return A, spec, group.labels
 
 
+def _nanmean(x: np.ndarray, axis=None) -> np.ndarray:
+    """Mean over the finite entries (NaN where there are none), without numpy's empty-slice warning."""
+    x = np.asarray(x, dtype=np.float64)
+    ok = np.isfinite(x)
+    n = ok.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(ok, x, 0.0).sum(axis=axis) / np.maximum(n, 1), np.nan)
+
+
+def _nanse(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Standard error of the mean over the finite entries (NaN with fewer than two)."""
+    x = np.asarray(x, dtype=np.float64)
+    ok = np.isfinite(x)
+    n = ok.sum(axis=axis)
+    m = _nanmean(x, axis=axis)
+    dev = np.where(ok, x - np.expand_dims(m, axis), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (dev**2).sum(axis=axis) / np.maximum(n - 1, 1)
+        return np.where(n > 1, np.sqrt(var / np.maximum(n, 1)), np.nan)
+
+
 def _speeds(cell: Cell, states: torch.Tensor) -> np.ndarray:
     """Zero-input step length ``||F(h) - h|| / (1 + ||h||)`` at kept states [n, B, S] -> [n, B]."""
     n, B, S = states.shape
@@ -288,7 +309,7 @@ def run(model: Model, options: LyapunovOptions, ctx: RunContext) -> LyapunovResu
     mode = options.input if options.input != "auto" else ("task" if ctx.has_task else "zero")
     A, spec, labels = _generators(model, options)
 
-    clv_window = _clv_window(options, B, k, options.qr_every or 2)
+    clv_window = _clv_window(options, B, k, options.qr_every or 1)
     if options.clv and options.clv_window and clv_window < options.clv_window:
         ctx.warn(f"--clv-window {options.clv_window} reduced to {clv_window} steps: the R factors of {B} "
                  f"trajectories x {k}^2 would exceed {CLV_MEMORY // 2**20} MiB")
@@ -356,11 +377,8 @@ def _tangent(cell: Cell, options: LyapunovOptions, ctx: RunContext, est: lyap.Ly
     tan = est.tangent
     lam = tan.exponents  # [B, g]
     B, g = lam.shape
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(lam, axis=0) if np.isfinite(lam).any() else np.full(g, np.nan)
-        n_ok = np.isfinite(lam).sum(0)
-        se = np.where(n_ok > 1, np.nanstd(lam, axis=0, ddof=1) / np.sqrt(np.maximum(n_ok, 1)), np.nan) \
-            if B > 1 else np.full(g, np.nan)
+    mean = _nanmean(lam, axis=0)
+    se = _nanse(lam, axis=0)
     gap = np.where(np.isfinite(mean), np.maximum(0.0, -mean), np.nan)
     with np.errstate(divide="ignore"):
         predicted = np.where(gap > 0, 1.0 / np.where(gap > 0, gap, 1.0), np.inf)
@@ -375,8 +393,8 @@ def _tangent(cell: Cell, options: LyapunovOptions, ctx: RunContext, est: lyap.Ly
     else:
         L = int(min(options.steps, 2000)) if options.steps >= 200 else 200
     rel = lyap.relaxation(cell, est.state, A, steps=L, delta=options.displacement)
+    rate = _nanmean(rel.rate, axis=0)
     with np.errstate(invalid="ignore"):
-        rate = np.nanmean(rel.rate, axis=0) if np.isfinite(rel.rate).any() else np.full(g, np.nan)
         measured = np.where(rate > 0, 1.0 / np.where(rate > 0, rate, 1.0), np.inf)
     measured[~np.isfinite(rate)] = np.nan
 
@@ -390,9 +408,8 @@ def _tangent(cell: Cell, options: LyapunovOptions, ctx: RunContext, est: lyap.Ly
         overlap = overlap.reshape(n, B, g)
         speed = speed.reshape(n, B)
         late = overlap[n // 2:, :, j]
-        with np.errstate(invalid="ignore"):
-            per_init = np.nanmean(late, axis=0) if np.isfinite(late).any() else np.full(B, np.nan)
-        flow = float(np.nanmean(per_init)) if np.isfinite(per_init).any() else float("nan")
+        per_init = _nanmean(late, axis=0)
+        flow = float(_nanmean(per_init))
         moving = ~_settles(_speeds(cell, est.states))
         moves = bool(np.mean(moving & (np.nan_to_num(per_init) > 0.5)) > 0.5)
     if moves:

@@ -30,11 +30,12 @@ QR interval: re-orthonormalising every m steps is exact in exact arithmetic,
 but the frame's columns separate like ``e^{m (lambda_1 - lambda_k)}`` and the
 smallest ``R_kk`` lose ``m (lambda_1 - lambda_k) / ln 10`` digits. The default m is
 chosen from the growth-rate spread measured with m = 1 over the first steps
-(the "pilot"): the largest m with ``m * spread <= 14`` (ln(1/eps) = 36 in
+(the "pilot"): the largest m with ``m * spread <= 16`` (ln(1/eps) = 36 in
 float64), at most 16. Growth rates fluctuate from step to step, so a block
 whose R spans more than e^18 (``max log|R_ii| - min log|R_ii|``) is redone
 from its start with a QR after every step: the accuracy of m = 1 at close to
-the cost of m, whatever m is (``redone`` counts such blocks).
+the cost of m, whatever m is (``redone`` counts such blocks). These limits
+are for float64; for another dtype they scale with its ln(1/eps).
 
 Covariant Lyapunov vectors (Ginelli et al. 2007, PRL 99, 130601): the R factors
 of a further ``clv_window`` steps are stored; iterating an upper-triangular
@@ -82,7 +83,7 @@ __all__ = [
     "METHODS",
 ]
 
-SPREAD_BUDGET = 14.0
+SPREAD_BUDGET = 16.0
 """Largest ``m * (lambda_1 - lambda_k)`` the automatic QR interval allows (ln(1/eps) = 36)."""
 MAX_QR_EVERY = 16
 """Largest automatic QR interval."""
@@ -93,6 +94,12 @@ _LOG_COND_CHOLQR2 = 15.0  # CholeskyQR2 needs cond(V) well below eps^(-1/2) = 1e
 _LOG_COND_REDO = 18.0  # a block of m > 1 steps beyond this is redone with m = 1 (eps * e^18 = 1.5e-8)
 _LOG_COND_WARN = 24.0  # smallest R_kk then carry relative errors ~ eps * e^24 = 6e-6
 _PILOT = 64
+
+
+def _digits(dtype: torch.dtype) -> float:
+    """ln(1/eps) of ``dtype`` relative to float64's: the thresholds above are for float64 and
+    scale with it (float32 has less than half the room)."""
+    return math.log(1 / torch.finfo(dtype).eps) / math.log(1 / torch.finfo(torch.float64).eps)
 
 
 # ---------------------------------------------------------------------------------
@@ -229,7 +236,7 @@ def _qr(V: torch.Tensor, method: str, want_R: bool):
         L, info = torch.linalg.cholesky_ex(V.mT @ V)
         logd = torch.log(torch.diagonal(L, dim1=-2, dim2=-1))
         lc = _log_cond(logd)
-        if bool((info == 0).all()) and lc <= _LOG_COND_CHOLQR2:
+        if bool((info == 0).all()) and lc <= _LOG_COND_CHOLQR2 * _digits(V.dtype):
             Q1 = torch.linalg.solve_triangular(L.mT, V, upper=True, left=False)
             L2, info2 = torch.linalg.cholesky_ex(Q1.mT @ Q1)
             if bool((info2 == 0).all()):
@@ -247,7 +254,7 @@ def _qr(V: torch.Tensor, method: str, want_R: bool):
     logd = torch.log(torch.diagonal(top, dim1=-2, dim2=-1).abs())
     lc = _log_cond(logd)
     R = torch.triu(top) if want_R else None
-    if math.isfinite(lc) and lc <= _LOG_COND_TRSM:
+    if math.isfinite(lc) and lc <= _LOG_COND_TRSM * _digits(V.dtype):
         # solve_triangular reads only the upper triangle of ``top`` (documented)
         return torch.linalg.solve_triangular(top, V, upper=True, left=False), logd, R, lc, False
     return torch.linalg.householder_product(a, tau), logd, R, lc, True
@@ -426,6 +433,7 @@ def lyapunov_spectrum(
         raise InputError(f"orthonormalisation {method!r} must be one of {', '.join(METHODS)}")
     u_at = _input_fn(cell, inputs, B)
     dtype, device = cell.dtype, cell.device
+    digits = _digits(dtype)
     A = None
     if generators is not None:
         A = torch.as_tensor(generators, dtype=dtype, device=device)
@@ -462,8 +470,9 @@ def lyapunov_spectrum(
     nb = max(1, min(time_blocks, steps))
     block_edges = [round(i * steps / nb) for i in range(nb + 1)]
     marks = _geometric_marks(steps, n_running)
-    state_marks = set(np.round(np.linspace(1, steps, num=min(keep_states, steps))).astype(np.int64).tolist()) \
-        if keep_states > 0 else set()
+    state_marks = np.unique(np.round(np.linspace(1, steps, num=min(keep_states, steps))).astype(np.int64)) \
+        if keep_states > 0 else np.zeros(0, dtype=np.int64)
+    next_state = 0
 
     acc = torch.zeros(B, k, dtype=dtype, device=device)
     acc_xi = torch.zeros(B, g, dtype=dtype, device=device)
@@ -518,7 +527,7 @@ def lyapunov_spectrum(
             t += 1
         if k:
             Q, logr, R, lc, fell = _qr(V[..., :k] if Xi is not None else V, method, want_R=phase == "clv")
-            if end - start > 1 and not lc <= _LOG_COND_REDO:
+            if end - start > 1 and not lc <= _LOG_COND_REDO * digits:
                 # this block stretched the frame too far for its smallest R_ii: redo it with QR every step
                 redone += 1
                 h, V, Q, logr, R, lc, fell = _redo_block(cell, u_at, h_start, V_start, start, end, k, method,
@@ -541,7 +550,7 @@ def lyapunov_spectrum(
             if t == pilot and qr_every is None:
                 rates = torch.stack(pilot_rows[len(pilot_rows) // 2:]).mean(0)  # [B, k], the later half
                 spread = float((rates.max(-1).values - rates.min(-1).values).max())
-                m = choose_qr_every(spread, max_abs_rate=float(rates.abs().max()))
+                m = choose_qr_every(spread, max_abs_rate=float(rates.abs().max()), budget=SPREAD_BUDGET * digits)
                 pilot_rows = []
         elif qr_every is None and k <= 1:
             m = MAX_QR_EVERY
@@ -555,7 +564,9 @@ def lyapunov_spectrum(
                 running.append((acc.mean(0) / n_acc).cpu().numpy())
                 if g:
                     running_xi.append((acc_xi / n_acc).cpu().numpy())
-            if n_acc in state_marks:
+            if next_state < len(state_marks) and state_marks[next_state] <= n_acc:  # at the block end past a mark
+                while next_state < len(state_marks) and state_marks[next_state] <= n_acc:
+                    next_state += 1
                 kept_states.append(h.clone())
             if n_acc == block_edges[next_edge]:
                 block_sums.append(acc - block_start)
@@ -605,9 +616,9 @@ def lyapunov_spectrum(
             res = np.abs(per_init.sum(1) - log_det)
         residual = float(np.max(res)) if np.all(np.isfinite(res)) else float("nan")
 
-    if max_log_cond > _LOG_COND_WARN:
+    if max_log_cond > _LOG_COND_WARN * digits:
         warnings.append(
-            f"a QR block spanned growth rates e^{max_log_cond:.0f} apart (more than e^{_LOG_COND_WARN:.0f}): "
+            f"a QR block spanned growth rates e^{max_log_cond:.0f} apart (more than e^{_LOG_COND_WARN * digits:.0f}): "
             f"the smallest exponents may have lost accuracy; use a smaller --qr-every than {m}"
         )
     if bool(unsettled.any()):

@@ -65,7 +65,9 @@ def _tangent(result, model) -> Figure:
     if run.size:
         for b in range(run.shape[1]):
             ax.plot(steps, run[:, b, j], color="tab:blue", lw=0.6, alpha=0.5)
-        ax.plot(steps, np.nanmean(run[:, :, j], axis=1), color="tab:blue", lw=2, label="lambda_xi(T), mean")
+        ok = np.isfinite(run[:, :, j])
+        mean = np.where(ok, run[:, :, j], 0.0).sum(1) / np.maximum(ok.sum(1), 1)
+        ax.plot(steps, np.where(ok.any(1), mean, np.nan), color="tab:blue", lw=2, label="lambda_xi(T), mean")
         ax.set_xscale("log")
     ax.axhline(0.0, color="k", lw=0.8)
     ax.axhline(t["tangent_exponent"], color="tab:red", ls="--", lw=1, label=f"lambda_xi = {t['tangent_exponent']:.3g}")
