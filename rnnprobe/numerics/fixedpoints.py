@@ -491,7 +491,7 @@ def find_fixed_points(
     verify_steps: int = 12,
     explore_dtype: torch.dtype | None = torch.float32,
     jacobian_memory: float = 256e6,
-    explore_eta: float = 1e-3,
+    explore_eta: float = 1e-4,
     groups=None,
     progress=None,
 ) -> FixedPointSet:
