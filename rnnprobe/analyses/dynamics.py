@@ -112,9 +112,9 @@ class DynamicsOptions(Options):
     exponents: int = option(4, min=0, help="Leading Lyapunov exponents per attractor (0: skip them).")
     zero_tol: float = option(2e-3, min=0.0, min_open=True,
                              help="Lyapunov exponents (per step) with |lambda| below this count as zero.")
-    floquet_steps: int = option(200, min=50,
+    floquet_steps: int = option(400, min=50,
                                 help="Least RK4 steps per period when shooting the flow's cycle (more are used "
-                                     "so that each step times the field's rate bound is at most 0.04).")
+                                     "so that each step times the field's rate bound is at most 0.1).")
     floquet_max_units: int = option(256, min=1,
                                     help="Multipliers and the flow's periodic orbit only up to this many state "
                                          "units (their cost grows as S^3 per step of a period).")
@@ -953,7 +953,7 @@ def _flow_reference(cell: ElmanCell, Y: torch.Tensor, u: torch.Tensor, dt: float
 
 def _shoot(cell: ElmanCell, x: torch.Tensor, T0: list, u: torch.Tensor, dt: float, options: DynamicsOptions,
            notes: list) -> ShootingResult:
-    n_steps = max(options.floquet_steps, int(math.ceil(max(T0) * _rate(cell, dt) / 0.04)))
+    n_steps = max(options.floquet_steps, int(math.ceil(max(T0) * _rate(cell, dt) / 0.1)))
     if n_steps > 50000:
         notes.append(f"the flow's cycle needs {n_steps} RK4 steps per period; capped at 50000")
         n_steps = 50000
