@@ -10,7 +10,6 @@ code.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import threading
@@ -99,8 +98,7 @@ class _Reporter:
     def __init__(self, term: Terminal, total: int, *, debug: bool = False):
         self.term, self.total, self.debug = term, total, debug
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
-        self.t0 = last = time.monotonic()
-        self._last = last
+        self.t0 = self._last = time.monotonic()
         self.bar = term.task_bar(total, self._description())
 
     def _description(self) -> str:
@@ -144,14 +142,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _jobs(jobs: int) -> int:
@@ -244,6 +234,7 @@ def zoo(
     checkpoints failed (this wins over 1), 130 interrupted (run again to resume).
     """
     from rnnprobe.analyses import analyses
+    from rnnprobe.checkpoints import sha256_file
     from rnnprobe.zoo import (analysis_options, evaluate_gates, exit_code, find_checkpoints, parse_gate, parse_set,
                               parse_shard, plan, read_options_file, read_path_list, run_tasks, summary_name)
     from rnnprobe.zoo.executors import check_executor
@@ -265,7 +256,7 @@ def zoo(
         settings = common.run_settings()
         out_dir = Path(os.path.abspath(settings.out_dir))
         checkpoints = find_checkpoints(inputs, include=include or (), exclude=exclude or (), skip_dirs=[out_dir])
-        data_sha = _sha256(Path(settings.data)) if settings.data else None
+        data_sha = sha256_file(settings.data) if settings.data else None
         specs = [registered[n] for n in selected]
         tasks = plan(checkpoints, specs, options, settings, common.load_options(), shard=shard_, force=force,
                      data_sha256=data_sha)

@@ -63,14 +63,6 @@ def init_worker(parent_pid: int | None = None) -> None:
         threading.Thread(target=watch, name="rnnprobe-zoo-parent-watch", daemon=True).start()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def task_key(checkpoint_sha256: str, sidecar_sha256: str | None, static: dict) -> str:
     """The task key: SHA-256 of the canonical JSON of the checkpoint's and sidecar's hashes and ``static``."""
     doc = {"checkpoint_sha256": checkpoint_sha256, "sidecar_sha256": sidecar_sha256, **static}
@@ -140,7 +132,7 @@ def _fail(task, t0: float, message: str, *, sha: str | None = None, key: str | N
 
 def run_task(task) -> dict:
     """Run one :class:`~rnnprobe.zoo.tasks.ZooTask`; return its row (never raises for a bad checkpoint)."""
-    from rnnprobe.checkpoints.safety import one_line
+    from rnnprobe.checkpoints.safety import one_line, sha256_file
     from rnnprobe.checkpoints.sidecar import find_sidecar
     from rnnprobe.errors import RnnprobeError
     from rnnprobe.pipeline import analyze
@@ -152,9 +144,9 @@ def run_task(task) -> dict:
     try:
         out.mkdir(parents=True, exist_ok=True)
         _clear_temporaries(out, base)
-        sha = _sha256(path)
+        sha = sha256_file(path)
         side, _ = find_sidecar(path)
-        side_sha = _sha256(side) if side is not None else None
+        side_sha = sha256_file(side) if side is not None else None
     except OSError as e:
         why = e.strerror or one_line(e)
         return _fail(task, t0, f"{task.checkpoint}: cannot be read ({why}); check the path and its permissions")
