@@ -355,6 +355,13 @@ def test_task_inputs_drive_the_trajectories():
     free = run(Model(cell=cell), LyapunovOptions(k="4", steps=400, warmup=100, inits=3, input="zero"), _ctx())
     assert driven.input == "task" and free.input == "zero"
     assert abs(driven.exponents[0] - free.exponents[0]) > 1e-3
+    # the tangent exponent: zero input by default (a separate autonomous run), or along the driven trajectories
+    opts_g = dict(k="2", steps=300, warmup=100, inits=2, group="so2")
+    zero_t = run(Model(cell=cell), LyapunovOptions(**opts_g), ctx).tangent
+    same_t = run(Model(cell=cell), LyapunovOptions(**opts_g, tangent_input="same"), ctx).tangent
+    assert zero_t["input"] == "zero" and same_t["input"] == "task"
+    assert np.isfinite(zero_t["tangent_exponent"]) and np.isfinite(same_t["tangent_exponent"])
+    assert abs(zero_t["tangent_exponent"] - same_t["tangent_exponent"]) > 1e-3
     # trials are concatenated per initial condition: init b gets trials b, b + B, b + 2B, ...
     from rnnprobe.analyses.lyapunov import _task_inputs
 

@@ -353,7 +353,12 @@ def run(model: Model, options: LyapunovOptions, ctx: RunContext) -> LyapunovResu
 
     tangent = None
     if A is not None:
-        tangent = _tangent(cell, options, ctx, tan_est, A, spec, labels, mode if not same else "zero")
+        driven = same and mode == "task"
+        relax_inputs = None
+        if driven:  # the relaxation continues the same input sequence from where the accumulation ended
+            L, start = inputs.shape[1], options.warmup + options.steps
+            relax_inputs = lambda t: inputs[:, (start + t) % L]  # noqa: E731
+        tangent = _tangent(cell, options, ctx, tan_est, A, spec, labels, "task" if driven else "zero", relax_inputs)
 
     dt = model.dt
     return LyapunovResult(
@@ -372,7 +377,7 @@ def run(model: Model, options: LyapunovOptions, ctx: RunContext) -> LyapunovResu
 
 
 def _tangent(cell: Cell, options: LyapunovOptions, ctx: RunContext, est: lyap.LyapunovEstimate, A: torch.Tensor,
-             spec: str, labels: tuple, tangent_mode: str) -> dict:
+             spec: str, labels: tuple, tangent_mode: str, relax_inputs=None) -> dict:
     """Tangent exponent, pseudo-gap, predicted and measured lifetimes, and the orbit-motion control."""
     tan = est.tangent
     lam = tan.exponents  # [B, g]
@@ -392,7 +397,7 @@ def _tangent(cell: Cell, options: LyapunovOptions, ctx: RunContext, est: lyap.Ly
         L = int(min(20000, max(200, math.ceil(4 * predicted[j]))))
     else:
         L = int(min(options.steps, 2000)) if options.steps >= 200 else 200
-    rel = lyap.relaxation(cell, est.state, A, steps=L, delta=options.displacement)
+    rel = lyap.relaxation(cell, est.state, A, relax_inputs, steps=L, delta=options.displacement)
     rate = _nanmean(rel.rate, axis=0)
     with np.errstate(invalid="ignore"):
         measured = np.where(rate > 0, 1.0 / np.where(rate > 0, rate, 1.0), np.inf)
@@ -402,7 +407,7 @@ def _tangent(cell: Cell, options: LyapunovOptions, ctx: RunContext, est: lyap.Ly
     overlap = speed = None
     moves = False
     flow = float("nan")
-    if est.states is not None:
+    if est.states is not None and tangent_mode == "zero":
         overlap, speed = lyap.flow_overlap(cell, est.states, A)  # [n*B, g], [n*B]
         n = est.states.shape[0]
         overlap = overlap.reshape(n, B, g)

@@ -523,7 +523,10 @@ def lyapunov_spectrum(
             u = u_at(t)
             if ld_acc is not None and phase == "acc":
                 ld_block = ld_block + log_abs_det_jacobian(cell, h, u, log_det_W=log_det_W)
-            h, V = cell.step_and_jvp(h, u, V)
+            if V.shape[-1]:
+                h, V = cell.step_and_jvp(h, u, V)
+            else:  # nothing to carry (a tangent-only run during its warm-up)
+                h = cell.step(h, u)
             t += 1
         if k:
             Q, logr, R, lc, fell = _qr(V[..., :k] if Xi is not None else V, method, want_R=phase == "clv")
