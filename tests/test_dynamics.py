@@ -229,6 +229,21 @@ def test_large_networks_skip_the_multipliers():
         _run(ElmanCell(np.eye(2), alpha=0.1), inits=4096, steps=10**6, max_warmup=10**6)
 
 
+def test_gated_cell_runs_through_the_interface():
+    from rnnprobe.cells import GRUCell
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(1, 4, batch_first=True).double()
+    cell = GRUCell(gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+    r = _run(cell, input="0.5", exponents=0, steps=200, warmup=100, max_warmup=400)  # torch.func Jacobians: slow
+    assert r.structure is None and r.invariant["applies"] is False and r.flow["kind"] is None
+    assert r.classification == "fixed_point" and not r.euler_summary["flagged"]
+    assert any("not an Euler discretisation" in n for n in r.notes)
+    J = cell.jacobian(torch.tensor(r.fixed_points[:1]), torch.tensor([0.5], dtype=torch.float64))[0].numpy()
+    row = next(rw for rw in r.euler if rw["state"] == "fixed point 0")
+    assert row["factor"] == pytest.approx(np.abs(np.linalg.eigvals(J)).max(), rel=1e-10)
+
+
 def test_options_and_input_errors():
     with pytest.raises(InputError, match="--input='a,b' must be comma-separated numbers"):
         D.DynamicsOptions(input="a,b")
@@ -302,7 +317,7 @@ def _sample(name):
 
 
 def test_generic_tanh_sample_is_a_limit_cycle_generating_the_trained_sine():
-    model, r = _sample("osc_rnn")
+    _, r = _sample("osc_rnn")
     s = r.summary()
     assert s["classification"] == "limit_cycle" and s["input"] == [1.0]  # the sidecar's autonomous_input
     assert s["period"] == pytest.approx(2 * np.pi / 0.2, rel=0.01)  # sin(0.2 t): 31.4 steps

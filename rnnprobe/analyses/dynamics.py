@@ -1173,6 +1173,11 @@ def run(model: Model, options: DynamicsOptions, ctx: RunContext) -> DynamicsResu
     fixed = fps.states[fps.labels == FIXED]
     probe = torch.cat([torch.zeros(1, S, dtype=ctx.dtype, device=ctx.device), fixed])
     eu = euler_stability(cell, probe, u, dt=dt)
+    if not isinstance(cell, ElmanCell):
+        # a gated map is not the Euler step of a known flow: its factor is just the map's spectral radius
+        eu["flagged"] = torch.zeros_like(eu["flagged"])
+        notes.append(f"a {cell.kind} cell is not an Euler discretisation: euler_factor is the spectral radius of "
+                     "the map's Jacobian, and nothing is flagged")
     labels = ["origin"] + [f"fixed point {i}" for i in range(fixed.shape[0])]
     euler_rows = [{"state": labels[i], "factor": eu["factor"][i].item(), "max_re": eu["max_re"][i].item(),
                    "max_stable_step": eu["max_stable_step"][i].item(), "flagged": bool(eu["flagged"][i])}
