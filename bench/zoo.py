@@ -18,8 +18,11 @@ dicts (seeded, in two folders) into a temporary folder, then times:
 
 Prints tasks per second, the ratio of each run's wall time to the floor, the
 speed-up over ``--jobs 1`` and the parallel efficiency (speed-up / workers),
-with the load average before and after (the machine may be shared: compare
-ratios, not seconds). Checks that the three runs' summaries agree.
+and the CPU time of each run (user + system, the zoo process and every worker
+it started) against the floor's: the CPU figures show the runner's overhead
+even when the machine is shared; the wall figures (speed-up, efficiency) need
+free cores. The load average before and after is printed. Checks that the three
+runs' summaries agree.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -57,7 +61,12 @@ def write_zoo(root: Path, n: int, hidden: int) -> list[Path]:
     return paths
 
 
-def floor(paths: list[Path], names: list[str], sets: list[str], plots: bool, out: Path) -> float:
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def floor(paths: list[Path], names: list[str], sets: list[str], plots: bool, out: Path) -> tuple[float, float]:
     from rnnprobe.analyses import analyses
     from rnnprobe.pipeline import RunSettings, analyze
     from rnnprobe.zoo import analysis_options, parse_set
@@ -65,22 +74,23 @@ def floor(paths: list[Path], names: list[str], sets: list[str], plots: bool, out
     torch.set_num_threads(1)
     specs = analyses()
     options = analysis_options(specs, names, set_values=parse_set(sets))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
     for i, p in enumerate(paths):
         for name in names:
             analyze(specs[name], p, options[name], RunSettings(out_dir=out, plots=plots, stem=f"{p.stem}-{i}"))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu(resource.RUSAGE_SELF) - c0
 
 
-def zoo(root: Path, out: Path, names: list[str], sets: list[str], plots: bool, extra: list[str]) -> float:
+def zoo(root: Path, out: Path, names: list[str], sets: list[str], plots: bool, extra: list[str]) -> tuple[float, float]:
+    """Wall time and CPU time (the zoo process and every worker it started) of one ``rnnprobe zoo`` run."""
     cmd = [sys.executable, "-m", "rnnprobe", "zoo", str(root), "--analyses", ",".join(names), "--out", str(out),
            "-q", "--plots" if plots else "--no-plots", *[a for s in sets for a in ("--set", s)], *extra]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_CHILDREN) - c0
     if r.returncode != 0:
         sys.exit(f"bench/zoo.py: {' '.join(cmd)} exited {r.returncode}:\n{r.stderr[-3000:]}")
-    return dt
+    return dt, cpu
 
 
 def rows(out: Path) -> list[dict]:
@@ -117,7 +127,7 @@ def main() -> int:
         tmp = Path(tmp)
         paths = write_zoo(tmp / "zoo", args.n, args.hidden)
         tasks = len(paths) * len(names)
-        results: dict[str, float] = {}
+        results: dict[str, tuple[float, float]] = {}
         if not args.skip_floor:
             results["floor: analyze() loop, 1 thread"] = floor(paths, names, sets, args.plots, tmp / "floor")
         results["zoo --jobs 1"] = zoo(tmp / "zoo", tmp / "j1", names, sets, args.plots, ["--jobs", "1", "--force"])
@@ -128,21 +138,22 @@ def main() -> int:
                                                            ["--jobs", "1"])
         same = rows(tmp / "j1") == rows(tmp / "j2") == rows(tmp / "dask")
     load1 = os.getloadavg()
-    base = results.get("floor: analyze() loop, 1 thread")
-    one = results["zoo --jobs 1"]
+    base, base_cpu = results.get("floor: analyze() loop, 1 thread", (None, None))
+    one = results["zoo --jobs 1"][0]
     print()
-    print("| run | wall s | tasks/s | / floor | speed-up vs --jobs 1 | parallel efficiency |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, t in results.items():
+    print("| run | wall s | tasks/s | wall / floor | speed-up vs --jobs 1 | parallel efficiency | CPU s | CPU / floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (t, cpu) in results.items():
         workers = 2 if ("jobs 2" in name) else 1
         ratio = f"{t / base:.2f}" if base else "-"
+        cpu_ratio = f"{cpu / base_cpu:.2f}" if base_cpu else "-"
         if name.startswith("zoo"):
             speed = one / t
             eff = f"{speed / workers:.2f}"
             speed_s = f"{speed:.2f}"
         else:
             speed_s = eff = "-"
-        print(f"| {name} | {t:.1f} | {tasks / t:.2f} | {ratio} | {speed_s} | {eff} |")
+        print(f"| {name} | {t:.1f} | {tasks / t:.2f} | {ratio} | {speed_s} | {eff} | {cpu:.1f} | {cpu_ratio} |")
     print()
     print(f"{tasks} tasks per run; load average (1/5/15 min) before {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, "
           f"after {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f}; summaries of --jobs 1, --jobs 2 and dask "
