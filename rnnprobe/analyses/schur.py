@@ -225,7 +225,7 @@ def _retain_top(lam: np.ndarray, ranks: np.ndarray, k: int) -> np.ndarray:
 
 
 def decompose(W, *, order: str = "modulus", retain_alpha: float = 0.9, retain: int | None = None,
-              window: int = 64) -> Decomposition:
+              window: int = 96) -> Decomposition:
     """Ordered real Schur form of ``W`` with the R/C split.
 
     Arguments:

@@ -322,7 +322,7 @@ class ReorderStats:
     complete: bool = True
 
 
-def reorder_schur(T: np.ndarray, Q: np.ndarray, ranks: np.ndarray, *, window: int = 64) -> ReorderStats:
+def reorder_schur(T: np.ndarray, Q: np.ndarray, ranks: np.ndarray, *, window: int = 96) -> ReorderStats:
     """Sort the diagonal blocks of ``T`` by ``ranks`` (ascending), updating ``T`` and ``Q`` in place.
 
     ``T`` and ``Q`` must be float64 and Fortran-ordered (``np.asfortranarray``);
@@ -433,7 +433,7 @@ class OrderedSchur:
     rho: float
 
 
-def ordered_schur(W, order: str = "modulus", *, select=None, window: int = 64) -> OrderedSchur:
+def ordered_schur(W, order: str = "modulus", *, select=None, window: int = 96) -> OrderedSchur:
     """Real Schur form of ``W`` with a full ordering of its diagonal blocks.
 
     Arguments:
