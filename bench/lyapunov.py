@@ -74,6 +74,7 @@ def main() -> int:
     ap.add_argument("--lyapynov-python", default=None, help="interpreter with lyapynov installed")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--sections", default="1,2,3,4", help="which sections to run (2 runs with 1)")
     args = ap.parse_args()
     _threads(args.threads)
 
@@ -86,6 +87,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     scale = 10 if args.quick else 1
+    sections = {int(x) for x in args.sections.split(",")}
     figures: dict = {"threads": args.threads, "device": str(dev), "torch": torch.__version__,
                      "numpy": np.__version__, "quick": args.quick}
     load = os.getloadavg()
@@ -182,110 +184,114 @@ def main() -> int:
                 return None, f"lyapynov run failed ({python}): {proc.stderr.strip().splitlines()[-1:]}"
             return json.loads(proc.stdout), None
 
-    # ---- 1. full spectrum, N = 256 ----------------------------------------------------------
-    N, steps, warmup = 256, 10_000 // scale, 1_000 // scale
-    seg, rep = 200 // scale, 5
-    W, cell = net(N)
-    h0 = 0.5 * np.random.default_rng(1).standard_normal((1, N))
-    secs, est = ours(cell, h0, steps=steps, warmup=warmup)
-    best, fl = ours_best(cell, est, seg, rep)
-    secs1, est1 = ours(cell, h0, steps=steps, warmup=warmup, qr_every=1)
-    best1, fl1 = ours_best(cell, est1, seg, rep)
-    fl = min(fl, fl1)
-    per_wall = secs / (steps + warmup)
-    n_blocks = (steps + warmup) / max(est.qr_every, 1)
-    figures["full_256"] = {
-        "steps": steps, "warmup": warmup, "floor_ms": fl * 1e3, "ms_per_step": best * 1e3, "ratio": best / fl,
-        "wall_ms_per_step": per_wall * 1e3, "wall_ratio": per_wall / fl,
-        "qr_every": est.qr_every, "spread": est.spread, "redone": est.redone,
-        "redone_fraction": est.redone / n_blocks, "sum_rule_residual": est.sum_rule_residual,
-        "lambda_1": float(est.exponents[0]), "sum": float(est.exponents.sum()),
-        "m1_ms_per_step": best1 * 1e3, "m1_ratio": best1 / fl, "m1_sum_rule_residual": est1.sum_rule_residual,
-        "max_abs_diff_vs_m1": float(np.max(np.abs(est.exponents - est1.exponents))),
-    }
-    print("\n## 1. Full spectrum, N = 256, gain 2, %d steps after %d warm-up, 1 trajectory" % (steps, warmup))
-    print(f"ms / step: best of {rep} runs of {seg} steps continuing the long run, each followed by {seg} floor "
-          "products (best of those); in brackets: the long run's wall-clock average")
-    print("| run | ms / step | / floor | QR every | sum rule residual |")
-    print("|---|---|---|---|---|")
-    print(f"| floor: one {N}x{N}x{N} float64 matmul (best of {rep} loops of {seg}) | {fl * 1e3:.3f} | 1.00 | | |")
-    print(f"| rnnprobe, automatic interval (spread {est.spread:.2f}/step; {est.redone} of {n_blocks:.0f} blocks "
-          f"redone) | {best * 1e3:.3f} ({per_wall * 1e3:.3f}) | {best / fl:.2f} ({per_wall / fl:.2f}) | "
-          f"{est.qr_every} | {est.sum_rule_residual:.1e} |")
-    print(f"| rnnprobe, QR every step | {best1 * 1e3:.3f} ({secs1 / (steps + warmup) * 1e3:.3f}) | {best1 / fl:.2f} | "
-          f"1 | {est1.sum_rule_residual:.1e} |")
-    print(f"lambda_1 = {est.exponents[0]:.5f}, sum = {est.exponents.sum():.6f}, "
-          f"max |difference| to QR-every-step = {figures['full_256']['max_abs_diff_vs_m1']:.1e}")
+    rep = 5
+    if 1 in sections or 2 in sections:
+        # ---- 1. full spectrum, N = 256 ----------------------------------------------------------
+        N, steps, warmup = 256, 10_000 // scale, 1_000 // scale
+        seg = 200 // scale
+        W, cell = net(N)
+        h0 = 0.5 * np.random.default_rng(1).standard_normal((1, N))
+        secs, est = ours(cell, h0, steps=steps, warmup=warmup)
+        best, fl = ours_best(cell, est, seg, rep)
+        secs1, est1 = ours(cell, h0, steps=steps, warmup=warmup, qr_every=1)
+        best1, fl1 = ours_best(cell, est1, seg, rep)
+        fl = min(fl, fl1)
+        per_wall = secs / (steps + warmup)
+        n_blocks = (steps + warmup) / max(est.qr_every, 1)
+        figures["full_256"] = {
+            "steps": steps, "warmup": warmup, "floor_ms": fl * 1e3, "ms_per_step": best * 1e3, "ratio": best / fl,
+            "wall_ms_per_step": per_wall * 1e3, "wall_ratio": per_wall / fl,
+            "qr_every": est.qr_every, "spread": est.spread, "redone": est.redone,
+            "redone_fraction": est.redone / n_blocks, "sum_rule_residual": est.sum_rule_residual,
+            "lambda_1": float(est.exponents[0]), "sum": float(est.exponents.sum()),
+            "m1_ms_per_step": best1 * 1e3, "m1_ratio": best1 / fl, "m1_sum_rule_residual": est1.sum_rule_residual,
+            "max_abs_diff_vs_m1": float(np.max(np.abs(est.exponents - est1.exponents))),
+        }
+        print("\n## 1. Full spectrum, N = 256, gain 2, %d steps after %d warm-up, 1 trajectory" % (steps, warmup))
+        print(f"ms / step: best of {rep} runs of {seg} steps continuing the long run, each followed by {seg} floor "
+              "products (best of those); in brackets: the long run's wall-clock average")
+        print("| run | ms / step | / floor | QR every | sum rule residual |")
+        print("|---|---|---|---|---|")
+        print(f"| floor: one {N}x{N}x{N} float64 matmul (best of {rep} loops of {seg}) | {fl * 1e3:.3f} | 1.00 | | |")
+        print(f"| rnnprobe, automatic interval (spread {est.spread:.2f}/step; {est.redone} of {n_blocks:.0f} blocks "
+              f"redone) | {best * 1e3:.3f} ({per_wall * 1e3:.3f}) | {best / fl:.2f} ({per_wall / fl:.2f}) | "
+              f"{est.qr_every} | {est.sum_rule_residual:.1e} |")
+        print(f"| rnnprobe, QR every step | {best1 * 1e3:.3f} ({secs1 / (steps + warmup) * 1e3:.3f}) | {best1 / fl:.2f} | "
+              f"1 | {est1.sum_rule_residual:.1e} |")
+        print(f"lambda_1 = {est.exponents[0]:.5f}, sum = {est.exponents.sum():.6f}, "
+              f"max |difference| to QR-every-step = {figures['full_256']['max_abs_diff_vs_m1']:.1e}")
 
-    # ---- 2. against a plain NumPy loop and lyapynov ------------------------------------------------
-    ref_steps, ref_warm, ref_seg = 1_000 // scale, 100 // scale, 50 // scale
-    np_per, lam_np, ld_np = numpy_loop(W, h0[0].copy(), ref_steps, ref_warm, repeat=rep, segment=ref_seg)
-    ly, why = run_lyapynov(W, h0, N, ref_warm, ref_seg, rep)
-    ly_per = None if ly is None else ly["per_step"][0]
-    faster = min(x for x in (np_per, ly_per) if x is not None)
-    figures["references_256"] = {"numpy_ms_per_step": np_per * 1e3,
-                                 "numpy_sum_rule_residual": float(abs(lam_np.sum() - ld_np)),
-                                 "lyapynov_ms_per_step": None if ly_per is None else ly_per * 1e3,
-                                 "lyapynov_skipped": why, "speedup_vs_faster": faster / best}
-    print(f"\n## 2. The same net against the references (best of {rep} runs of {ref_seg} steps each)")
-    print("| program | ms / step | / floor | rnnprobe faster by |")
-    print("|---|---|---|---|")
-    print(f"| plain NumPy loop (explicit J, np.linalg.qr every step) | {np_per * 1e3:.3f} | {np_per / fl:.2f} | "
-          f"{np_per / best:.1f}x |")
-    if ly_per is not None:
-        print(f"| lyapynov {ly.get('version', '')} LCE (defaults: explicit J, QR every step) | {ly_per * 1e3:.3f} | "
-              f"{ly_per / fl:.2f} | {ly_per / best:.1f}x |")
-    else:
-        print(f"| lyapynov | skipped: {why} | | |")
-    print(f"rnnprobe against the faster reference: {faster / best:.1f}x; NumPy loop over {ref_steps} steps: "
-          f"lambda_1 = {lam_np[0]:.4f}, sum = {lam_np.sum():.4f}, sum rule residual {abs(lam_np.sum() - ld_np):.1e}")
+        # ---- 2. against a plain NumPy loop and lyapynov ------------------------------------------------
+        ref_steps, ref_warm, ref_seg = 1_000 // scale, 100 // scale, 50 // scale
+        np_per, lam_np, ld_np = numpy_loop(W, h0[0].copy(), ref_steps, ref_warm, repeat=rep, segment=ref_seg)
+        ly, why = run_lyapynov(W, h0, N, ref_warm, ref_seg, rep)
+        ly_per = None if ly is None else ly["per_step"][0]
+        faster = min(x for x in (np_per, ly_per) if x is not None)
+        figures["references_256"] = {"numpy_ms_per_step": np_per * 1e3,
+                                     "numpy_sum_rule_residual": float(abs(lam_np.sum() - ld_np)),
+                                     "lyapynov_ms_per_step": None if ly_per is None else ly_per * 1e3,
+                                     "lyapynov_skipped": why, "speedup_vs_faster": faster / best}
+        print(f"\n## 2. The same net against the references (best of {rep} runs of {ref_seg} steps each)")
+        print("| program | ms / step | / floor | rnnprobe faster by |")
+        print("|---|---|---|---|")
+        print(f"| plain NumPy loop (explicit J, np.linalg.qr every step) | {np_per * 1e3:.3f} | {np_per / fl:.2f} | "
+              f"{np_per / best:.1f}x |")
+        if ly_per is not None:
+            print(f"| lyapynov {ly.get('version', '')} LCE (defaults: explicit J, QR every step) | {ly_per * 1e3:.3f} | "
+                  f"{ly_per / fl:.2f} | {ly_per / best:.1f}x |")
+        else:
+            print(f"| lyapynov | skipped: {why} | | |")
+        print(f"rnnprobe against the faster reference: {faster / best:.1f}x; NumPy loop over {ref_steps} steps: "
+              f"lambda_1 = {lam_np[0]:.4f}, sum = {lam_np.sum():.4f}, sum rule residual {abs(lam_np.sum() - ld_np):.1e}")
 
-    # ---- 3. leading 16 at N = 1024, 16 initial conditions ------------------------------------------
-    N3, k3, B3 = 1024, 16, 16
-    W3, cell3 = net(N3, seed=3)
-    X0 = 0.5 * np.random.default_rng(4).standard_normal((B3, N3))
-    s3, w3 = 2_000 // scale, 200 // scale
-    t3, est3 = ours(cell3, X0, k=k3, steps=s3, warmup=w3)
-    best3 = ours_best(cell3, est3, 100 // scale, rep)[0] / B3  # per trajectory-step
-    ly3, why3 = run_lyapynov(W3, X0, k3, 20 // scale, 20 // scale, 3)
-    ly3_per = None if ly3 is None else float(np.mean(ly3["per_step"]))
-    figures["leading16_1024"] = {"steps": s3, "warmup": w3, "inits": B3, "ms_per_trajectory_step": best3 * 1e3,
-                                 "wall_ms_per_trajectory_step": t3 / (s3 + w3) / B3 * 1e3,
-                                 "qr_every": est3.qr_every, "lambda_1": float(est3.exponents[0]),
-                                 "lyapynov_ms_per_trajectory_step": None if ly3_per is None else ly3_per * 1e3,
-                                 "lyapynov_skipped": why3,
-                                 "speedup": None if ly3_per is None else ly3_per / best3}
-    print(f"\n## 3. Leading {k3} exponents, N = {N3}, {B3} initial conditions ({s3} steps after {w3}); "
-          f"per trajectory-step, best of repeated short runs")
-    print("| program | ms per trajectory-step | rnnprobe faster by |")
-    print("|---|---|---|")
-    print(f"| rnnprobe, one batch of {B3} (QR every {est3.qr_every}) | {best3 * 1e3:.3f} "
-          f"(wall {t3 / (s3 + w3) / B3 * 1e3:.3f}) | |")
-    if ly3_per is not None:
-        print(f"| lyapynov LCE, the {B3} one after the other | {ly3_per * 1e3:.3f} | {ly3_per / best3:.1f}x |")
-    else:
-        print(f"| lyapynov | skipped: {why3} | |")
+    if 3 in sections:
+        # ---- 3. leading 16 at N = 1024, 16 initial conditions ------------------------------------------
+        N3, k3, B3 = 1024, 16, 16
+        W3, cell3 = net(N3, seed=3)
+        X0 = 0.5 * np.random.default_rng(4).standard_normal((B3, N3))
+        s3, w3 = 2_000 // scale, 200 // scale
+        t3, est3 = ours(cell3, X0, k=k3, steps=s3, warmup=w3)
+        best3 = ours_best(cell3, est3, 100 // scale, rep)[0] / B3  # per trajectory-step
+        ly3, why3 = run_lyapynov(W3, X0, k3, 20 // scale, 20 // scale, 3)
+        ly3_per = None if ly3 is None else float(np.mean(ly3["per_step"]))
+        figures["leading16_1024"] = {"steps": s3, "warmup": w3, "inits": B3, "ms_per_trajectory_step": best3 * 1e3,
+                                     "wall_ms_per_trajectory_step": t3 / (s3 + w3) / B3 * 1e3,
+                                     "qr_every": est3.qr_every, "lambda_1": float(est3.exponents[0]),
+                                     "lyapynov_ms_per_trajectory_step": None if ly3_per is None else ly3_per * 1e3,
+                                     "lyapynov_skipped": why3,
+                                     "speedup": None if ly3_per is None else ly3_per / best3}
+        print(f"\n## 3. Leading {k3} exponents, N = {N3}, {B3} initial conditions ({s3} steps after {w3}); "
+              f"per trajectory-step, best of repeated short runs")
+        print("| program | ms per trajectory-step | rnnprobe faster by |")
+        print("|---|---|---|")
+        print(f"| rnnprobe, one batch of {B3} (QR every {est3.qr_every}) | {best3 * 1e3:.3f} "
+              f"(wall {t3 / (s3 + w3) / B3 * 1e3:.3f}) | |")
+        if ly3_per is not None:
+            print(f"| lyapynov LCE, the {B3} one after the other | {ly3_per * 1e3:.3f} | {ly3_per / best3:.1f}x |")
+        else:
+            print(f"| lyapynov | skipped: {why3} | |")
 
-    # ---- 4. against N and k -------------------------------------------------------------------------
-    print("\n## 4. Per step against N and k (one trajectory, automatic QR interval, best of 3 short runs)")
-    print("| N | k | ms / step | floor ms (N^3 matmul) | / floor | QR every |")
-    print("|---|---|---|---|---|---|")
-    rows = []
-    for Nn in (64, 128, 256, 512, 1024):
-        Wn, celln = net(Nn, seed=5)
-        hn = 0.5 * np.random.default_rng(6).standard_normal((1, Nn))
-        for k in (16, 64, Nn):
-            if k > Nn or (k == 64 and Nn == 64):
-                continue
-            full = k == Nn
-            sn = max(20, (1000 if Nn <= 256 else 200 if not full else 40) // scale)
-            _, en = ours(celln, hn, k=k, steps=sn, warmup=max(10, sn // 4))
-            pn, fn = ours_best(celln, en, max(10, sn // 2), 3)
-            rows.append({"N": Nn, "k": k, "ms_per_step": pn * 1e3, "floor_ms": fn * 1e3, "ratio": pn / fn,
-                         "qr_every": en.qr_every})
-            print(f"| {Nn} | {'all' if full else k} | {pn * 1e3:.3f} | {fn * 1e3:.3f} | {pn / fn:.2f} | "
-                  f"{en.qr_every} |")
-    figures["scaling"] = rows
+    if 4 in sections:
+        # ---- 4. against N and k -------------------------------------------------------------------------
+        print("\n## 4. Per step against N and k (one trajectory, automatic QR interval, best of 3 short runs)")
+        print("| N | k | ms / step | floor ms (N^3 matmul) | / floor | QR every |")
+        print("|---|---|---|---|---|---|")
+        rows = []
+        for Nn in (64, 128, 256, 512, 1024):
+            Wn, celln = net(Nn, seed=5)
+            hn = 0.5 * np.random.default_rng(6).standard_normal((1, Nn))
+            for k in (16, 64, Nn):
+                if k > Nn or (k == 64 and Nn == 64):
+                    continue
+                full = k == Nn
+                sn = max(20, (1000 if Nn <= 256 else 200 if not full else 40) // scale)
+                _, en = ours(celln, hn, k=k, steps=sn, warmup=max(10, sn // 4))
+                pn, fn = ours_best(celln, en, max(10, sn // 2), 3)
+                rows.append({"N": Nn, "k": k, "ms_per_step": pn * 1e3, "floor_ms": fn * 1e3, "ratio": pn / fn,
+                             "qr_every": en.qr_every})
+                print(f"| {Nn} | {'all' if full else k} | {pn * 1e3:.3f} | {fn * 1e3:.3f} | {pn / fn:.2f} | "
+                      f"{en.qr_every} |")
+        figures["scaling"] = rows
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
