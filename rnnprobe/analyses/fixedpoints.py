@@ -51,7 +51,9 @@ class FixedpointsOptions(Options):
         "that are constant within every trial (e.g. context cues), the other channels at 0."))
     max_conditions: int = option(8, min=1, help="With --input-from-task: at most this many conditions (evenly spaced).")
     n_init: int = option(1024, min=1, help="Initial states per input condition.")
-    noise: float = option(0.5, min=0.0, help="Std of the Gaussian noise added to the sampled initial states.")
+    noise: float = option(0.5, min=0.0, help=(
+        "Std of the Gaussian noise added to the sampled initial states (gated cells: try 0.1; large noise "
+        "puts states where the update gate saturates and F(h) ~ h, i.e. many slow points)."))
     init: str | None = option(None, metavar="FILE", help=(
         "Initial states from a file instead (.npy, or .npz with one array or 'states'): [n, n_state]; "
         "used as given (no noise)."))
