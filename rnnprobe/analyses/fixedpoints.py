@@ -224,6 +224,10 @@ def parse_input(text: str, n_inputs: int) -> np.ndarray:
         values = [float(v) for v in str(text).split(",")] if str(text).strip() else [0.0]
     except ValueError:
         raise InputError(f"--input {text!r} must be a number or comma-separated numbers, e.g. 0,1,0") from None
+    if n_inputs == 0:
+        if any(v != 0 for v in values):
+            raise InputError(f"--input {text!r}: the model takes no inputs; drop --input")
+        return np.zeros(0)
     if len(values) == 1:
         return np.full(n_inputs, values[0])
     if len(values) != n_inputs:
