@@ -11,10 +11,10 @@ Per distinct point: ``J = dF/dh``, ``B = dF/du``, eigenvalues, stability
 (stable, marginal, saddle with its number of unstable directions, unstable),
 time constants ``tau = -1/log|lambda|`` (steps, and time units when ``dt`` is
 known), continuous-time eigenvalues ``(lambda - 1)/alpha`` for leaky models,
-and the memory basis of the variable-binding view (Dräger, "variable binding"
-notes: ``J = Xi Phi Xi^+``, columns of Xi the stored memories, Phi their
-interaction), with the input map ``Xi^+ B``, the readout map ``W_r Xi`` and a
-test for a cyclic shift of memory subspaces (repeat copy).
+and the memory basis of the variable-binding view of RNNs (``W_hh = Xi Phi Xi^+``,
+columns of Xi the stored memories, Phi their interaction; linearised at a fixed
+point, ``J = Xi Phi Xi^+``), with the input map ``Xi^+ B``, the readout map
+``W_r Xi`` and a test for a cyclic shift of memory subspaces (repeat copy).
 """
 
 from __future__ import annotations
