@@ -145,6 +145,11 @@ def test_refused_swap_is_recorded_not_silent():
     res = A.run(Model(cell=ElmanCell(T)), A.SchurOptions(order="real", transient_steps=3), ctx)
     assert len(res.refused_swaps) == 1 and res.summary()["refused_swaps"] == 1
     assert any("refused" in w for w in ctx.warnings)
+    # R = the block that cannot move up: the split cannot hold exactly R, and says so
+    dec = A.decompose(T, order="real", retain=2)
+    assert not dec.schur.split_exact
+    assert any("left an eigenvalue of C among the first 2 rows" in w for w in dec.warnings)
+    assert A.decompose(T, order="modulus", retain=2).schur.split_exact
 
 
 def test_block_structure_helpers():

@@ -265,8 +265,11 @@ def decompose(W, *, order: str = "modulus", retain_alpha: float = 0.9, retain: i
             f"{r.eigenvalue_imag:+.6g}i could not pass {r.blocked_by_real:.6g}{r.blocked_by_imag:+.6g}i "
             f"(row {r.position}); they stay in that order (see refused_swaps)")
     if sch.violations:
-        warnings.append(f"{sch.violations} adjacent blocks remain out of --order {order} after the "
-                        "refused swaps; the R/C split may not match the criterion")
+        warnings.append(f"{sch.violations} adjacent blocks remain out of --order {order} after the refused swaps")
+    if not sch.split_exact:
+        warnings.append(f"a refused swap left an eigenvalue of C among the first {m} rows (or one of R after "
+                        "them): T_RR / T_CC / T_C->R follow the rows, not exactly the --retain-alpha/--retain "
+                        "criterion")
     return Decomposition(schur=sch, m=m, s=s, sep=sep, reconstruction_error=rec, orthogonality_error=orth,
                          warnings=warnings)
 
@@ -281,7 +284,7 @@ def _warn_tie(lam, ranks, first, order, warnings) -> None:
     first_out = key[~first].min()
     if abs(first_out - last_in) <= tol:
         warnings.append(f"--retain {int(first.sum())}: the last retained and the first dropped eigenvalue tie "
-                        f"in --order {order} (within {ns.TIE_RTOL:g} rho); which of them is in R is arbitrary")
+                        f"in --order {order} (within the tie tolerance); which of them is in R is arbitrary")
 
 
 def coupling_regions(T: np.ndarray, m: int) -> dict[str, np.ndarray]:

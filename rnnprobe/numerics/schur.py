@@ -417,7 +417,9 @@ class OrderedSchur:
         n_first: rows of the leading set (``first``), 0 when none was given.
         moves: block moves performed; windows: windows sorted.
         refusals: swaps LAPACK refused (each left the two blocks in place).
-        violations: adjacent blocks still out of order beyond the tie tolerance.
+        violations: adjacent blocks still out of order beyond the tie tolerance
+            (a selected block behind an unselected one counts too).
+        split_exact: whether the first ``n_first`` rows hold exactly the selected blocks.
         rho: spectral radius.
     """
 
@@ -430,6 +432,7 @@ class OrderedSchur:
     windows: int
     refusals: list
     violations: int
+    split_exact: bool
     rho: float
 
 
@@ -471,14 +474,14 @@ def ordered_schur(W, order: str = "modulus", *, select=None, window: int = 96) -
     lam = block_eigenvalues(T)
     lead = None if first is None else np.arange(n) < n_first
     violations = order_violations(lam, order, rho=rho, first=lead)
+    split_exact = True
     if first is not None and 0 < n_first < n:
         # the leading rows must hold exactly the selected blocks (a refused swap could break that)
         n_sel_blocks = int(np.unique(ranks[first]).size)
-        if T[n_first, n_first - 1] != 0 or np.any(stats.identity[:n_first] >= n_sel_blocks):
-            violations += 1
+        split_exact = not (T[n_first, n_first - 1] != 0 or np.any(stats.identity[:n_first] >= n_sel_blocks))
     return OrderedSchur(Q=Q, T=T, eigenvalues=lam, block_starts=block_starts(T), n_first=n_first,
                         moves=stats.moves, windows=stats.windows, refusals=stats.refusals,
-                        violations=violations, rho=rho)
+                        violations=violations, split_exact=split_exact, rho=rho)
 
 
 # ---------------------------------------------------------------------------------
