@@ -113,6 +113,7 @@ class SchurResult(Result):
     orthogonality_error: float
     block_moves: int
     order_violations: int
+    split_exact: bool
     refused_swaps: list
     condition_s: float
     condition_sep: float
@@ -149,6 +150,7 @@ class SchurResult(Result):
             "block_moves": self.block_moves,
             "order_violations": self.order_violations,
             "refused_swaps": len(self.refused_swaps),
+            "split_exact": self.split_exact,
             "condition_s": self.condition_s,
             "condition_sep": self.condition_sep,
             "henrici_couplings": nn["henrici_couplings"],
@@ -633,7 +635,7 @@ def run(model: Model, options: SchurOptions, ctx: RunContext) -> SchurResult:
         Q=sch.Q, T=T, eigenvalues=sch.eigenvalues, block_starts=sch.block_starts, retained=np.arange(n) < m,
         order=options.order, retain_alpha=options.retain_alpha, n_hidden=n, spectral_radius=sch.rho,
         n_retained=m, reconstruction_error=dec.reconstruction_error, orthogonality_error=dec.orthogonality_error,
-        block_moves=sch.moves, order_violations=sch.violations,
+        block_moves=sch.moves, order_violations=sch.violations, split_exact=sch.split_exact,
         refused_swaps=[dataclasses.asdict(r) for r in sch.refusals], condition_s=dec.s, condition_sep=dec.sep,
         nonnormality=stats, group_starts=starts, coupling_norms=cnorm,
         coupling_norms_rc={k: float(np.linalg.norm(T[v])) for k, v in regions.items()},
