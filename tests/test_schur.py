@@ -416,6 +416,18 @@ def test_planted_known_answer():
     assert res.control_delta_fvu.shape == (8, 6) and np.isnan(res.control_delta_fvu[0]).all()
 
 
+def test_chunking_does_not_change_results(monkeypatch):
+    model, task, _, _ = planted(3, 3, seed=5)
+    opts = A.SchurOptions(ablate="couplings", controls=3, transient_steps=0)
+    whole = A.run(model, opts, RunContext(task_source=lambda batch: task))
+    monkeypatch.setattr(A, "_CACHE_BUDGET", 1)  # one recurrent matrix per rollout
+    assert A.variant_chunk(model.cell, 64, 20) == 1
+    single = A.run(model, opts, RunContext(task_source=lambda batch: task))
+    np.testing.assert_allclose(single.control_delta_fvu, whole.control_delta_fvu, rtol=1e-10, atol=1e-14)
+    for a, b in zip(single.ablations, whole.ablations):
+        assert a["blocks"] == b["blocks"] and a["delta_fvu"] == pytest.approx(b["delta_fvu"], rel=1e-10, abs=1e-14)
+
+
 def test_control_perturbations_norm_and_pattern():
     rng = np.random.default_rng(14)
     n = 10

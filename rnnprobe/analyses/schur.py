@@ -481,31 +481,28 @@ class _Evaluator:
     def __call__(self, sets: list) -> tuple[np.ndarray, np.ndarray | None]:
         """``sets``: callables returning [k, N, N] weight stacks; returns (fvu [sum k], accuracy or None)."""
         fvu, acc = [], []
-        pending, count = [], 0
+        pending: list[torch.Tensor] = []
 
-        def flush():
-            if not pending:
-                return
-            Ws = torch.cat(pending)
-            pending.clear()
-            for i in range(0, Ws.shape[0], self.chunk):
-                y = rollout_variants(self.cell, Ws[i:i + self.chunk], self.inputs)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    f = np.atleast_1d(self.task.fvu(y))
-                fvu.append(np.where(np.isnan(f), np.inf, f))  # a diverged rollout: infinitely bad
-                a = self.task.accuracy(y)
-                acc.append(None if a is None else np.atleast_1d(a))
-                if self.progress is not None:
-                    self.progress.advance(y.shape[0])
+        def roll(Ws):
+            y = rollout_variants(self.cell, Ws, self.inputs)
+            with np.errstate(over="ignore", invalid="ignore"):
+                f = np.atleast_1d(self.task.fvu(y))
+            fvu.append(np.where(np.isnan(f), np.inf, f))  # a diverged rollout: infinitely bad
+            a = self.task.accuracy(y)
+            acc.append(None if a is None else np.atleast_1d(a))
+            if self.progress is not None:
+                self.progress.advance(y.shape[0])
 
         for make in sets:
-            W = make()
-            pending.append(W)
-            count += W.shape[0]
-            if count >= self.chunk:
-                flush()
-                count = 0
-        flush()
+            pending.append(make())
+            if sum(w.shape[0] for w in pending) >= self.chunk:
+                Ws = torch.cat(pending)
+                full = (Ws.shape[0] // self.chunk) * self.chunk
+                for i in range(0, full, self.chunk):
+                    roll(Ws[i:i + self.chunk])
+                pending = [Ws[full:]] if full < Ws.shape[0] else []
+        if pending:
+            roll(torch.cat(pending))
         f = np.concatenate(fvu)
         a = None if any(x is None for x in acc) else np.concatenate(acc)
         return f, a
