@@ -106,6 +106,7 @@ class SchurResult(Result):
     retained: np.ndarray
     order: str
     retain_alpha: float
+    retain: int | None
     n_hidden: int
     spectral_radius: float
     n_retained: int
@@ -146,6 +147,7 @@ class SchurResult(Result):
             "ablations": [_summary_row(r) for r in self.ablations],
             "order": self.order,
             "retain_alpha": self.retain_alpha,
+            "retain": self.retain,
             "n_blocks": int(self.block_starts.size),
             "block_moves": self.block_moves,
             "order_violations": self.order_violations,
@@ -630,7 +632,7 @@ def run(model: Model, options: SchurOptions, ctx: RunContext) -> SchurResult:
     regions = coupling_regions(T, m)
     result = SchurResult(
         Q=sch.Q, T=T, eigenvalues=sch.eigenvalues, block_starts=sch.block_starts, retained=np.arange(n) < m,
-        order=options.order, retain_alpha=options.retain_alpha, n_hidden=n, spectral_radius=sch.rho,
+        order=options.order, retain_alpha=options.retain_alpha, retain=options.retain, n_hidden=n, spectral_radius=sch.rho,
         n_retained=m, reconstruction_error=dec.reconstruction_error, orthogonality_error=dec.orthogonality_error,
         block_moves=sch.moves, order_violations=sch.violations, split_exact=sch.split_exact,
         refused_swaps=[dataclasses.asdict(r) for r in sch.refusals], condition_s=dec.s, condition_sep=dec.sep,

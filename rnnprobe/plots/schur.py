@@ -51,7 +51,7 @@ def _eigenvalues(result) -> Figure:
     ax = fig.add_subplot()
     t = np.linspace(0, 2 * np.pi, 400)
     ax.plot(np.cos(t), np.sin(t), color="0.6", lw=1, label="unit circle")
-    if result.retain_alpha is not None and rho > 0:
+    if getattr(result, "retain", None) is None and rho > 0:  # R by the threshold, not by --retain K
         r = result.retain_alpha * rho
         ax.plot(r * np.cos(t), r * np.sin(t), color=_R, lw=0.8, ls="--", label=f"alpha rho = {r:.3g}")
     ax.scatter(lam.real[keep], lam.imag[keep], s=18, color=_R, label=f"R ({int(keep.sum())})", zorder=3)
