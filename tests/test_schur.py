@@ -139,7 +139,8 @@ def test_refused_swap_is_recorded_not_silent():
     assert len(o.refusals) == 1 and o.violations == 1
     ref = o.refusals[0]
     assert (ref.position, ref.blocked_by) == (2, 0)
-    assert ref.eigenvalue_real == pytest.approx(-9.78763302e-02) and ref.blocked_by_real == pytest.approx(-9.78871893e-02)
+    assert ref.eigenvalue_real == pytest.approx(-9.78763302e-02)
+    assert ref.blocked_by_real == pytest.approx(-9.78871893e-02)
     np.testing.assert_allclose(o.Q @ o.T @ o.Q.T, T, atol=1e-14)
     ctx = RunContext()
     res = A.run(Model(cell=ElmanCell(T)), A.SchurOptions(order="real", transient_steps=3), ctx)
