@@ -633,7 +633,8 @@ def run(model: Model, options: SchurOptions, ctx: RunContext) -> SchurResult:
     result = SchurResult(
         Q=sch.Q, T=T, eigenvalues=sch.eigenvalues, block_starts=sch.block_starts, retained=np.arange(n) < m,
         order=options.order, retain_alpha=options.retain_alpha, retain=options.retain, n_hidden=n,
-        spectral_radius=sch.rho, n_retained=m, reconstruction_error=dec.reconstruction_error, orthogonality_error=dec.orthogonality_error,
+        spectral_radius=sch.rho, n_retained=m, reconstruction_error=dec.reconstruction_error,
+        orthogonality_error=dec.orthogonality_error,
         block_moves=sch.moves, order_violations=sch.violations, split_exact=sch.split_exact,
         refused_swaps=[dataclasses.asdict(r) for r in sch.refusals], condition_s=dec.s, condition_sep=dec.sep,
         nonnormality=stats, group_starts=starts, coupling_norms=cnorm,
