@@ -182,7 +182,7 @@ class Gate:
         """Whether the gate fails for one checkpoint whose flattened summary keys are ``values``."""
         shown = ", ".join(f"{k}={_show(values.get(k, _MISSING))}" for k in self.keys)
         try:
-            failed = bool(_eval(self._tree, values))
+            failed = bool(_truth(self._tree, values))
         except _Undecidable as e:
             return GateOutcome(True, f"{shown} ({e})")
         return GateOutcome(failed, shown)
@@ -272,11 +272,11 @@ def _compare(op: str, a: Any, b: Any) -> bool:
     return _OPS[op](a, b)
 
 
-def _eval(node, values: Mapping[str, Any]) -> bool:
+def _truth(node, values: Mapping[str, Any]) -> bool:
     if isinstance(node, _Bool):
         if node.op == "not":
-            return not _eval(node.args[0], values)
-        results = [_eval(a, values) for a in node.args]  # every key is read: missing ones always show
+            return not _truth(node.args[0], values)
+        results = [_truth(a, values) for a in node.args]  # every key is read: missing ones always show
         return any(results) if node.op == "or" else all(results)
     vals = [_value(x, values) for x in node.operands]
     return all(_compare(op, vals[i], vals[i + 1]) for i, op in enumerate(node.ops))
