@@ -152,6 +152,7 @@ class LyapunovResult(Result):
     method: str
     max_log_cond: float
     qr_fallbacks: int
+    qr_redone: int
     log_det_mean: float | None
     sum_rule_residual: float | None
     tangent: dict | None
@@ -371,6 +372,7 @@ def run(model: Model, options: LyapunovOptions, ctx: RunContext) -> LyapunovResu
         n_near_zero=n0, stationary=stationary, k=k, steps=options.steps, warmup=options.warmup,
         qr_every=est.qr_every, spread=est.spread, inits=B, input=mode, units="per step", dt=dt,
         method=options.orthonormalize, max_log_cond=est.max_log_cond, qr_fallbacks=est.fallbacks,
+        qr_redone=est.redone,
         log_det_mean=None if est.log_det is None else float(np.mean(est.log_det)),
         sum_rule_residual=est.sum_rule_residual, tangent=tangent,
     )
