@@ -33,8 +33,9 @@ chosen from the growth-rate spread measured with m = 1 over the first steps
 (the "pilot"): the largest m with ``m * spread <= 16`` (ln(1/eps) = 36 in
 float64), at most 16. Growth rates fluctuate from step to step, so a block
 whose R spans more than e^18 (``max log|R_ii| - min log|R_ii|``) is redone
-from its start with a QR after every step: the accuracy of m = 1 at close to
-the cost of m, whatever m is (``redone`` counts such blocks). These limits
+from its start with a QR after every step: the accuracy of m = 1 whatever m
+is, at extra cost only for the blocks redone (``redone`` counts them; a too
+large m, with most blocks redone, costs more than m = 1). These limits
 are for float64; for another dtype they scale with its ln(1/eps).
 
 Covariant Lyapunov vectors (Ginelli et al. 2007, PRL 99, 130601): the R factors
