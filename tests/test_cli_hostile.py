@@ -75,7 +75,7 @@ def _files(d: Path, marker: Path) -> dict[str, tuple[Path, list[str]]]:
 EXPECT = {
     "malicious_pickle": "--trust-pickle", "truncated": "truncated", "text": "text file", "empty": "empty",
     "nonsquare": "square", "nan": "rnn.weight_hh_l0", "mismatched_shapes": "W_uh", "oversized_file": "--max-bytes",
-    "oversized_hidden": "--max-hidden", "directory": "directory", "missing": "does not exist",
+    "oversized_hidden": "--max-hidden", "directory": "is a directory", "missing": "no such file",
 }
 # Refused by Typer's own argument validation (exists=True, dir_okay=False) before rnnprobe's loader runs.
 TYPER_CHECKED = ("directory", "missing")
@@ -180,8 +180,6 @@ def test_hostile_inputs_exit_2_with_one_line_and_no_report(runs):
         _check(key, *results[key])
 
 
-@pytest.mark.xfail(strict=True, reason="rnnprobe/cli/analysis.py validates CKPT with Typer's exists=True / "
-                   "dir_okay=False, which prints a multi-line usage box instead of one line naming the file")
 def test_missing_file_and_directory_one_line(runs):
     results, _ = runs
     for key in [k for k in results if k.split(":", 1)[1] in TYPER_CHECKED]:

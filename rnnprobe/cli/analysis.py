@@ -26,7 +26,7 @@ __all__ = ["add_analysis_command", "CHECKPOINT"]
 ANALYSIS_PANEL = "Analysis"
 
 CHECKPOINT = Annotated[Path, typer.Argument(
-    exists=True, dir_okay=False, metavar="CKPT",
+    metavar="CKPT",
     help="Checkpoint file (.pt/.pth/.ckpt/.bin, .safetensors, .npz, .h5, .keras).")]
 
 
@@ -65,7 +65,7 @@ def _render(spec: AnalysisSpec, summary: dict):
 
 def add_analysis_command(app: typer.Typer, spec: AnalysisSpec) -> None:
     """Register ``rnnprobe <spec.name> CKPT [options]`` on ``app``."""
-    from rnnprobe.pipeline import analyze
+    from rnnprobe import pipeline
 
     hints = typing.get_type_hints(spec.options)
     fields = dataclasses.fields(spec.options)
@@ -83,8 +83,9 @@ def add_analysis_command(app: typer.Typer, spec: AnalysisSpec) -> None:
             options = spec.options(**{k: plain(v) for k, v in kwargs.items()})
             progress = term.progress()
             try:
-                outcome = analyze(spec, checkpoint, options, common.run_settings(),
-                                  load_options=common.load_options(), progress=progress, on_warning=term.warn)
+                outcome = pipeline.analyze(spec, checkpoint, options, common.run_settings(),
+                                           load_options=common.load_options(), progress=progress,
+                                           on_warning=term.warn)
             finally:
                 progress.stop()
             if common.json:
