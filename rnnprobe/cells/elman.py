@@ -155,7 +155,7 @@ class ElmanCell(Cell):
         x = self.preactivation(h, u)
         a = self.alpha
         if self.form == "leaky":
-            return h + a * (self.nl.phi(x) - h) if a != 1.0 else self.nl.phi(x)
+            return self.nl.phi(x) if a == 1.0 else h + a * (self.nl.phi(x) - h)
         if self.form == "rate-outside":
             return (1.0 - a) * h + a * x
         return h + a * self.nl.phi(x)
@@ -194,15 +194,23 @@ class ElmanCell(Cell):
         d = self._gain(h, u)
         return self.alpha * d[:, :, None] * self.W_uh[None]
 
+    @staticmethod
+    def _mat_cols(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """M X_b for every b of X [B, N, k], as one GEMM over all B*k columns."""
+        B, N, k = X.shape
+        Y = M @ X.permute(1, 0, 2).reshape(N, B * k)
+        return Y.reshape(M.shape[0], B, k).permute(1, 0, 2)
+
     def _apply_J(self, d: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         col = V.dim() == 3
         Vc = V if col else V[:, :, None]
         dd = d[:, :, None]
         if self.form == "rate-outside":
-            WV = _left(self.W_hh, dd * Vc)
-            out = self._self_weight * Vc + self.alpha * WV
+            out = self.alpha * self._mat_cols(self.W_hh, dd * Vc)
         else:
-            out = self._self_weight * Vc + self.alpha * dd * _left(self.W_hh, Vc)
+            out = self.alpha * dd * self._mat_cols(self.W_hh, Vc)
+        if self._self_weight != 0.0:
+            out = out + self._self_weight * Vc
         return out if col else out[:, :, 0]
 
     def jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
@@ -217,23 +225,38 @@ class ElmanCell(Cell):
         dd = d[:, :, None]
         WT = self.W_hh.T
         if self.form == "rate-outside":
-            out = self._self_weight * Vc + self.alpha * dd * _left(WT, Vc)
+            out = self.alpha * dd * self._mat_cols(WT, Vc)
         else:
-            out = self._self_weight * Vc + self.alpha * _left(WT, dd * Vc)
+            out = self.alpha * self._mat_cols(WT, dd * Vc)
+        if self._self_weight != 0.0:
+            out = out + self._self_weight * Vc
         return out if col else out[:, :, 0]
 
     def step_and_jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor):
+        """``(F(h, u), J V)``: the state rides in the same GEMM as the tangent columns."""
         h = as_tensor(h, dtype=self.dtype, device=self.device)
-        x = self.preactivation(h, u)
-        a = self.alpha
+        col = V.dim() == 3
+        Vc = V if col else V[:, :, None]
+        drive = self._inputs(u, h.shape[0]) @ self.W_uh.T + self.b
+        a, nl = self.alpha, self.nl
         if self.form == "rate-outside":
-            h_next = (1.0 - a) * h + a * x
-            d = self.nl.dphi(h)
+            d = nl.dphi(h)
+            Y = self._mat_cols(self.W_hh, torch.cat([nl.phi(h)[:, :, None], d[:, :, None] * Vc], dim=2))
+            h_next = (1.0 - a) * h + a * (Y[:, :, 0] + drive)
+            JV = a * Y[:, :, 1:]
         else:
-            p = self.nl.phi(x)
-            h_next = h + a * (p - h) if self.form == "leaky" else h + a * p
-            d = self.nl.dphi(x)
-        return h_next, self._apply_J(d, V)
+            Y = self._mat_cols(self.W_hh, torch.cat([h[:, :, None], Vc], dim=2))
+            x = Y[:, :, 0] + drive
+            p = nl.phi(x)
+            d = nl.dphi_from_output(p) if nl.dphi_from_output is not None else nl.dphi(x)
+            if self.form == "leaky":
+                h_next = p if a == 1.0 else h + a * (p - h)
+            else:
+                h_next = h + a * p
+            JV = (a * d)[:, :, None] * Y[:, :, 1:]
+        if self._self_weight != 0.0:
+            JV = JV + self._self_weight * Vc
+        return h_next, (JV if col else JV[:, :, 0])
 
     def rollout(self, h0: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         inputs = as_tensor(inputs, dtype=self.dtype, device=self.device)

@@ -14,6 +14,8 @@ class Nonlinearity(NamedTuple):
     phi: Callable[[torch.Tensor], torch.Tensor]
     dphi: Callable[[torch.Tensor], torch.Tensor]
     odd: bool  # phi(-x) = -phi(x): needed for the sign symmetry
+    # phi' written in terms of y = phi(x), where that saves recomputing phi (tanh, sigmoid)
+    dphi_from_output: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def _dtanh(x):
@@ -27,12 +29,12 @@ def _dsigmoid(x):
 
 
 NONLINEARITIES: dict[str, Nonlinearity] = {
-    "tanh": Nonlinearity("tanh", torch.tanh, _dtanh, True),
+    "tanh": Nonlinearity("tanh", torch.tanh, _dtanh, True, lambda y: 1.0 - y * y),
     # relu'(0) = 0, as torch's autograd has it
     "relu": Nonlinearity("relu", torch.relu, lambda x: (x > 0).to(x.dtype), False),
     "linear": Nonlinearity("linear", lambda x: x, torch.ones_like, True),
     "softplus": Nonlinearity("softplus", torch.nn.functional.softplus, torch.sigmoid, False),
-    "sigmoid": Nonlinearity("sigmoid", torch.sigmoid, _dsigmoid, False),
+    "sigmoid": Nonlinearity("sigmoid", torch.sigmoid, _dsigmoid, False, lambda y: y * (1.0 - y)),
 }
 
 _ALIASES = {"identity": "linear", "none": "linear"}
