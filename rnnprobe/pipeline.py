@@ -103,12 +103,18 @@ def task_source(model: Model, settings: RunSettings) -> tuple[Callable[[int], An
     if not spec:
         return None, ""
 
+    # The sidecar's task is generated on the held-out trials its stated accuracy
+    # was measured on (eval_seed), so the two can be compared; --task uses --seed.
+    seed = settings.seed
+    if not settings.task and isinstance(model.metadata.get("eval_seed"), int):
+        seed = model.metadata["eval_seed"]
+
     def generated(batch: int):
-        data = tasks.make_task(spec, batch=batch, seed=settings.seed)
+        data = tasks.make_task(spec, batch=batch, seed=seed)
         tasks.check_fits(data, cell.n_inputs, cell.n_outputs, source=where)
         return data
 
-    return generated, f"task {spec}" + ("" if settings.task else " (from the sidecar)")
+    return generated, f"task {spec}, seed {seed}" + ("" if settings.task else " (the sidecar's, on its held-out seed)")
 
 
 def analyze(spec: AnalysisSpec, checkpoint: str | Path, options, settings: RunSettings, *,
