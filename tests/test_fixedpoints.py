@@ -517,3 +517,21 @@ def test_leaky_time_constants_and_continuous_eigenvalues(tmp_path):
     np.testing.assert_allclose(r.memory_basis["Phi"][0], J[:2, :2], atol=1e-14)
     assert r.memory_basis["basis"].startswith("file:")
     assert abs(r.memory_basis["reconstruction_error"][0] - abs(J[2, 2]) / np.linalg.norm(J)) <= 1e-12
+
+
+def test_batched_lu_is_safe_with_two_threads():
+    """torch 2.13 + MKL: batched LU on >1 thread at N ~ 200 corrupts pivots; the solver goes per matrix."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(11)
+        A = rng.standard_normal((3, 200, 200)) + 15 * np.eye(200)
+        b = rng.standard_normal((3, 200))
+        x, info = fp._per_matrix(torch.linalg.solve_ex, torch.as_tensor(A), torch.as_tensor(b))
+        assert int(info.abs().sum()) == 0
+        np.testing.assert_allclose(x.numpy(), np.linalg.solve(A, b[:, :, None])[:, :, 0], atol=1e-12)
+        LU, piv, info = fp._per_matrix(torch.linalg.lu_factor_ex, torch.as_tensor(A))
+        y = torch.linalg.lu_solve(LU[1], piv[1], torch.as_tensor(b[1])[:, None])[:, 0]
+        np.testing.assert_allclose(y.numpy(), np.linalg.solve(A[1], b[1]), atol=1e-12)
+    finally:
+        torch.set_num_threads(threads)

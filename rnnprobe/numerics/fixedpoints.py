@@ -285,6 +285,20 @@ def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle:
     return torch.bmm(y[:, None, :], V[:, :k])[:, 0]
 
 
+def _per_matrix(fn: Callable, A: torch.Tensor, *rest: torch.Tensor):
+    """``fn(A, *rest)`` for a batch of matrices, one matrix at a time on a multi-threaded CPU.
+
+    With torch 2.13's MKL, batched LU factorisations (``solve``, ``lu_factor``,
+    ``inv`` of [K >= 2, N, N], N above about 190) running on more than one thread
+    print "Intel oneMKL ERROR: Parameter 6 was incorrect on entry to DLASWP" and
+    can hang; single matrices (which MKL threads internally) are fine.
+    """
+    if A.device.type != "cpu" or A.shape[0] <= 1 or torch.get_num_threads() == 1:
+        return fn(A, *rest)
+    outs = [fn(A[i], *(r[i] for r in rest)) for i in range(A.shape[0])]
+    return tuple(torch.stack([o[j] for o in outs]) for j in range(len(outs[0])))
+
+
 def _damped_solve(A: torch.Tensor, g: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """Newton (``mu == 0``: ``A dx = -g`` by LU) or Levenberg-Marquardt (``(A^T A + mu I) dx = -A^T g``).
 
@@ -294,7 +308,7 @@ def _damped_solve(A: torch.Tensor, g: torch.Tensor, mu: torch.Tensor) -> torch.T
     newton = mu == 0
     if bool(newton.any()):
         idx = newton.nonzero()[:, 0]
-        sol, info = torch.linalg.solve_ex(A[idx], -g[idx])
+        sol, info = _per_matrix(torch.linalg.solve_ex, A[idx], -g[idx])
         sol[info != 0] = float("nan")
         dx[idx] = sol
     if bool((~newton).any()):
@@ -741,7 +755,7 @@ def find_fixed_points(
             f = fol[mine]
             which = all_which[mine] - rc[0]
             good_root = q[roots] <= tol
-            LU, piv, info = torch.linalg.lu_factor_ex(system.sub(roots).jacobian(x[roots]))
+            LU, piv, info = _per_matrix(torch.linalg.lu_factor_ex, system.sub(roots).jacobian(x[roots]))
             good_root &= (info == 0) & torch.isfinite(LU).all(dim=(1, 2))
             y = x[f].clone()
             sub = system.sub(f)
@@ -1042,7 +1056,7 @@ def memory_basis(J: torch.Tensor, B: torch.Tensor, R: torch.Tensor | None, basis
         else:
             lam, V = eigenvalues, eigenvectors
         Xi = real_eigen_basis(lam, V) if K else J.new_zeros(0, S, S)
-        Xi_pinv, info = torch.linalg.inv_ex(Xi) if K else (Xi, None)
+        Xi_pinv, info = _per_matrix(torch.linalg.inv_ex, Xi) if K else (Xi, None)
         if info is not None and bool((info != 0).any()):
             bad = int((info != 0).nonzero()[0, 0])
             raise InputError(f"the eigenvectors of the Jacobian at point {bad} are linearly dependent "
