@@ -27,6 +27,9 @@ batched along the first axis. Every analysis consumes this interface only:
 ``matrices()``
     ``{"W_hh", "W_uh", "W_r", "b", "b_r"}`` as tensors, for cells that have one
     recurrent matrix; gated and user cells raise :class:`NoRecurrentMatrix`.
+``recurrent_operator()``
+    W_hh as an :class:`rnnprobe.operators.Operator` (dense, or a convolution
+    on a lattice whose products cost O(N log N)); raises like ``matrices()``.
 ``to(dtype=..., device=...)``
     a copy on another dtype / device.
 
@@ -124,6 +127,12 @@ class Cell(abc.ABC):
             "(or defined by user code), so this analysis, which needs one W_hh, does not apply; "
             "use fixedpoints, lyapunov or equivariance, which work through the cell's Jacobians"
         )
+
+    def recurrent_operator(self):
+        """W_hh as an :class:`rnnprobe.operators.Operator` (the dense ``matrices()["W_hh"]`` by default)."""
+        from rnnprobe.operators import DenseOperator
+
+        return DenseOperator(self.matrices()["W_hh"])
 
     def hidden(self, s: torch.Tensor) -> torch.Tensor:
         """The hidden part of a state (all of it, except for LSTM's [h, c])."""

@@ -9,6 +9,13 @@ Column-vector convention, for a state h and input u:
 
 States are batched as rows ([B, N]), so the code multiplies by transposes.
 Jacobians are analytic; ``jvp`` never forms J: ``J V = (1-a) V + a phi'(x) * (W_hh V)``.
+
+Every product with W_hh goes through ``cell.op``, a :class:`rnnprobe.operators.Operator`:
+a dense matrix (the same GEMMs as always) or a convolution on a lattice
+(products by FFT, ``O(N log N)``). ``cell.W_hh`` is the dense matrix; for a
+convolution it is built on first use and only for small lattices
+(:data:`rnnprobe.operators.DENSE_MAX` units), so analyses that need it work
+there and say what to use instead beyond.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from rnnprobe.cells.base import Cell, as_tensor, check_finite
 from rnnprobe.cells.nonlinearities import get_nonlinearity
 from rnnprobe.errors import InputError
+from rnnprobe.operators import DenseOperator, Operator
 
 __all__ = ["ElmanCell", "FORMS"]
 
@@ -37,7 +45,8 @@ class ElmanCell(Cell):
     """h' = (1 - alpha) h + alpha phi(W_hh h + W_uh u + b) and its two variants.
 
     Arguments:
-        W_hh: [N, N] recurrent weights.
+        W_hh: [N, N] recurrent weights, or an :class:`~rnnprobe.operators.Operator`
+            (e.g. a :class:`~rnnprobe.operators.CircularConvOperator`).
         W_uh: [N, d_in] input weights (d_in may be 0).
         b: [N] bias (zeros if ``None``).
         W_r: [d_out, N] readout (optional), b_r: [d_out].
@@ -66,10 +75,15 @@ class ElmanCell(Cell):
         self.dtype = dtype
         self.device = torch.device(device)
         t = lambda x: None if x is None else as_tensor(x, dtype=dtype, device=self.device, detach=True)  # noqa: E731
-        W_hh = t(W_hh)
-        if W_hh.dim() != 2 or W_hh.shape[0] != W_hh.shape[1]:
-            raise InputError(f"W_hh must be square [N, N]; got shape {list(W_hh.shape)}")
-        N = W_hh.shape[0]
+        if isinstance(W_hh, Operator):
+            op = W_hh.to(dtype=dtype, device=self.device)
+            op.check_finite()
+        else:
+            W_hh = t(W_hh)
+            if W_hh.dim() != 2 or W_hh.shape[0] != W_hh.shape[1]:
+                raise InputError(f"W_hh must be square [N, N]; got shape {list(W_hh.shape)}")
+            op = DenseOperator(W_hh)
+        N = op.n
         W_uh = torch.zeros(N, 0, dtype=dtype, device=self.device) if W_uh is None else t(W_uh)
         if W_uh.dim() == 1:
             W_uh = W_uh[:, None]
@@ -89,7 +103,8 @@ class ElmanCell(Cell):
                 raise InputError(f"b_r must have d_out={W_r.shape[0]} entries; got shape {list(b_r.shape)}")
         elif b_r is not None:
             raise InputError("b_r given without W_r")
-        for name, x in (("W_hh", W_hh), ("W_uh", W_uh), ("b", b), ("W_r", W_r), ("b_r", b_r)):
+        for name, x in (("W_hh", op.W if isinstance(op, DenseOperator) else None), ("W_uh", W_uh), ("b", b),
+                        ("W_r", W_r), ("b_r", b_r)):
             if x is not None:
                 check_finite(name, x)
         if form not in FORMS:
@@ -101,7 +116,8 @@ class ElmanCell(Cell):
         elif not (0.0 < alpha <= 1.0):
             raise InputError(f"alpha must be in (0, 1]; got {alpha} (--alpha, or dt/tau)")
 
-        self.W_hh, self.W_uh, self.b, self.W_r, self.b_r = W_hh, W_uh, b, W_r, b_r
+        self.op = op
+        self.W_uh, self.b, self.W_r, self.b_r = W_uh, b, W_r, b_r
         self.alpha = alpha
         self.form = form
         self.nl = get_nonlinearity(nonlinearity)
@@ -110,11 +126,16 @@ class ElmanCell(Cell):
         self.n_inputs = W_uh.shape[1]
         self.n_outputs = 0 if W_r is None else W_r.shape[0]
 
+    @property
+    def W_hh(self) -> torch.Tensor:
+        """The dense [N, N] W_hh (a convolution's is built on first use, within the dense size limit)."""
+        return self.op.dense()
+
     # ---- construction helpers --------------------------------------------------
     def replace(self, **changes) -> "ElmanCell":
         """A new cell with some parameters replaced (e.g. an ablated ``W_hh``)."""
         kw = dict(
-            W_hh=self.W_hh, W_uh=self.W_uh, b=self.b, W_r=self.W_r, b_r=self.b_r,
+            W_hh=self.op, W_uh=self.W_uh, b=self.b, W_r=self.W_r, b_r=self.b_r,
             alpha=self.alpha, nonlinearity=self.nonlinearity, form=self.form,
             dtype=self.dtype, device=self.device,
         )
@@ -125,7 +146,7 @@ class ElmanCell(Cell):
         return self.replace(dtype=dtype or self.dtype, device=device or self.device)
 
     def attrs(self) -> dict:
-        return {
+        out = {
             "cell": self.kind,
             "form": self.form,
             "alpha": self.alpha,
@@ -134,9 +155,12 @@ class ElmanCell(Cell):
             "n_inputs": self.n_inputs,
             "n_outputs": self.n_outputs,
         }
+        if not isinstance(self.op, DenseOperator):
+            out.update(self.op.attrs())
+        return out
 
     def arrays(self) -> dict[str, torch.Tensor]:
-        out = {"W_hh": self.W_hh, "W_uh": self.W_uh, "b": self.b}
+        out = {**self.op.parameters(), "W_uh": self.W_uh, "b": self.b}
         if self.W_r is not None:
             out.update(W_r=self.W_r, b_r=self.b_r)
         return out
@@ -144,12 +168,15 @@ class ElmanCell(Cell):
     def matrices(self) -> dict[str, torch.Tensor | None]:
         return {"W_hh": self.W_hh, "W_uh": self.W_uh, "W_r": self.W_r, "b": self.b, "b_r": self.b_r}
 
+    def recurrent_operator(self) -> Operator:
+        return self.op
+
     # ---- dynamics ----------------------------------------------------------------
     def preactivation(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         """The argument of phi: W_hh h + W_uh u + b (leaky, residual) or W_hh phi(h) + ... ."""
         u = self._inputs(u, h.shape[0])
         r = self.nl.phi(h) if self.form == "rate-outside" else h
-        return r @ self.W_hh.T + u @ self.W_uh.T + self.b
+        return self.op.matvec(r) + u @ self.W_uh.T + self.b
 
     def step(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         x = self.preactivation(h, u)
@@ -194,21 +221,14 @@ class ElmanCell(Cell):
         d = self._gain(h, u)
         return self.alpha * d[:, :, None] * self.W_uh[None]
 
-    @staticmethod
-    def _mat_cols(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-        """M X_b for every b of X [B, N, k], as one GEMM over all B*k columns."""
-        B, N, k = X.shape
-        Y = M @ X.permute(1, 0, 2).reshape(N, B * k)
-        return Y.reshape(M.shape[0], B, k).permute(1, 0, 2)
-
     def _apply_J(self, d: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         col = V.dim() == 3
         Vc = V if col else V[:, :, None]
         dd = d[:, :, None]
         if self.form == "rate-outside":
-            out = self.alpha * self._mat_cols(self.W_hh, dd * Vc)
+            out = self.alpha * self.op.mat_cols(dd * Vc)
         else:
-            out = self.alpha * dd * self._mat_cols(self.W_hh, Vc)
+            out = self.alpha * dd * self.op.mat_cols(Vc)
         if self._self_weight != 0.0:
             out = out + self._self_weight * Vc
         return out if col else out[:, :, 0]
@@ -223,11 +243,10 @@ class ElmanCell(Cell):
         col = V.dim() == 3
         Vc = V if col else V[:, :, None]
         dd = d[:, :, None]
-        WT = self.W_hh.T
         if self.form == "rate-outside":
-            out = self.alpha * dd * self._mat_cols(WT, Vc)
+            out = self.alpha * dd * self.op.rmat_cols(Vc)
         else:
-            out = self.alpha * self._mat_cols(WT, dd * Vc)
+            out = self.alpha * self.op.rmat_cols(dd * Vc)
         if self._self_weight != 0.0:
             out = out + self._self_weight * Vc
         return out if col else out[:, :, 0]
@@ -241,11 +260,11 @@ class ElmanCell(Cell):
         a, nl = self.alpha, self.nl
         if self.form == "rate-outside":
             d = nl.dphi(h)
-            Y = self._mat_cols(self.W_hh, torch.cat([nl.phi(h)[:, :, None], d[:, :, None] * Vc], dim=2))
+            Y = self.op.mat_cols(torch.cat([nl.phi(h)[:, :, None], d[:, :, None] * Vc], dim=2))
             h_next = (1.0 - a) * h + a * (Y[:, :, 0] + drive)
             JV = a * Y[:, :, 1:]
         else:
-            Y = self._mat_cols(self.W_hh, torch.cat([h[:, :, None], Vc], dim=2))
+            Y = self.op.mat_cols(torch.cat([h[:, :, None], Vc], dim=2))
             x = Y[:, :, 0] + drive
             p = nl.phi(x)
             d = nl.dphi_from_output(p) if nl.dphi_from_output is not None else nl.dphi(x)
@@ -268,15 +287,15 @@ class ElmanCell(Cell):
         # the input drive of every step in one product
         drive = inputs @ self.W_uh.T + self.b
         out = torch.empty(inputs.shape[0], inputs.shape[1], self.n_state, dtype=self.dtype, device=self.device)
-        WT, a, phi = self.W_hh.T, self.alpha, self.nl.phi
+        mv, a, phi = self.op.matvec, self.alpha, self.nl.phi
         for t in range(inputs.shape[1]):
             if self.form == "leaky":
-                p = phi(h @ WT + drive[:, t])
+                p = phi(mv(h) + drive[:, t])
                 h = p if a == 1.0 else h + a * (p - h)
             elif self.form == "rate-outside":
-                h = (1.0 - a) * h + a * (phi(h) @ WT + drive[:, t])
+                h = (1.0 - a) * h + a * (mv(phi(h)) + drive[:, t])
             else:
-                h = h + a * phi(h @ WT + drive[:, t])
+                h = h + a * phi(mv(h) + drive[:, t])
             out[:, t] = h
         return out
 
@@ -284,4 +303,6 @@ class ElmanCell(Cell):
         form = {"leaky": "leaky" if self.alpha != 1.0 else "Elman", "rate-outside": "rate-outside",
                 "residual": "residual (Euler)"}[self.form]
         a = f", alpha={self.alpha:g}" if self.form != "residual" else f", eps={self.alpha:g}"
-        return f"{form} {self.nonlinearity} RNN, N={self.n_hidden}, {self.n_inputs} inputs, {self.n_outputs} outputs{a}"
+        rec = "" if isinstance(self.op, DenseOperator) else f", W_hh {self.op.describe_short()}"
+        return (f"{form} {self.nonlinearity} RNN, N={self.n_hidden}, {self.n_inputs} inputs, {self.n_outputs} "
+                f"outputs{a}{rec}")

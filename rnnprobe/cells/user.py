@@ -108,5 +108,13 @@ class UserCell(Cell):
             return fn()
         return super().matrices()
 
+    def recurrent_operator(self):
+        """The module's ``recurrent_operator()`` when it has one (e.g. a convolutional cell's
+        :class:`~rnnprobe.operators.CircularConvOperator`), else the dense ``matrices()["W_hh"]``."""
+        fn = getattr(self.module, "recurrent_operator", None)
+        if callable(fn):
+            return fn()
+        return super().recurrent_operator()
+
     def describe(self) -> str:
         return f"user cell {self.spec}, state {self.n_state}, {self.n_inputs} inputs, {self.n_outputs} outputs"

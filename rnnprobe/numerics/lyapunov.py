@@ -291,13 +291,14 @@ def log_abs_det_jacobian(cell: Cell, h: torch.Tensor, u: torch.Tensor | None = N
     For an Elman cell with alpha = 1 (``leaky`` or ``rate-outside`` form),
     ``J = diag(phi') W`` or ``W diag(phi')``, so ``ln|det J| = sum ln|phi'| +
     ln|det W|``: O(N) per state once ``ln|det W|`` is known (pass it as
-    ``log_det_W`` to avoid recomputing). Other cells: slogdet of the Jacobian.
+    ``log_det_W`` to avoid recomputing; ``cell.op.logabsdet()``, from the FFT
+    for a circular convolution). Other cells: slogdet of the Jacobian.
     """
     from rnnprobe.cells.elman import ElmanCell
 
     if isinstance(cell, ElmanCell) and cell.alpha == 1.0 and cell.form in ("leaky", "rate-outside"):
         if log_det_W is None:
-            log_det_W = float(torch.linalg.slogdet(cell.W_hh)[1])
+            log_det_W = cell.op.logabsdet()  # exact from the FFT for a circular convolution
         x = h if cell.form == "rate-outside" else cell.preactivation(h, u)
         return torch.log(cell.nl.dphi(x).abs()).sum(-1) + log_det_W
     return torch.linalg.slogdet(cell.jacobian(h, u))[1]
@@ -446,7 +447,7 @@ def lyapunov_spectrum(
     do_sum_rule = (k == S) if sum_rule is None else bool(sum_rule and k == S)
     log_det_W = None
     if do_sum_rule and _fast_log_det(cell):
-        log_det_W = float(torch.linalg.slogdet(cell.W_hh)[1])
+        log_det_W = cell.op.logabsdet()
 
     if frame is not None:
         Q = torch.as_tensor(frame, dtype=dtype, device=device)
