@@ -46,7 +46,8 @@ class Part:
     two biases), ``T`` (transposed: row-vector files), ``keras_gru_w``
     (transposed, gates z,r,h -> r,z,n), ``keras_gru_b0`` / ``keras_gru_b1``
     (row 0 / 1 of Keras' [2, 3N] GRU bias, reordered), ``psych`` (PsychRNN: the
-    weight times its connectivity mask; with Dale's law |W| times the sign matrix).
+    weight times its connectivity mask; with Dale's law |W| times the sign matrix), ``conv_bias``
+    (a convolution's per-channel bias plus its input's bias, combined by :mod:`rnnprobe.checkpoints.conv`).
     """
 
     keys: tuple[str, ...]
@@ -54,7 +55,7 @@ class Part:
     extra: dict = dataclasses.field(default_factory=dict)
 
     def label(self) -> str:
-        if self.combine == "sum":
+        if self.combine in ("sum", "conv_bias"):
             return " + ".join(self.keys)
         return self.keys[0]
 
@@ -73,7 +74,8 @@ class Readout:
 class Layout:
     """A recurrent network recognised in a file.
 
-    ``kind`` is ``elman``, ``gru`` or ``lstm``; ``parts`` are canonical tensors:
+    ``kind`` is ``elman``, ``gru`` or ``lstm`` (``family`` ``conv`` for convolutional
+    recurrences, with ``conv`` describing them); ``parts`` are canonical tensors:
     ``W_hh``, ``W_uh``, ``b`` for Elman cells, ``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh`` for gated ones. ``readout`` is ``None`` to search
     for one, or ``False`` when no single-cell readout can exist (an inner layer,
@@ -93,6 +95,8 @@ class Layout:
     row_vectors: bool = False
     defaults: dict = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    conv: dict | None = None
+    """For convolutional recurrences (:mod:`rnnprobe.checkpoints.conv`): type, lattice, channels."""
 
 
 def part_shape(store: Store, part: Part) -> tuple[int, ...]:

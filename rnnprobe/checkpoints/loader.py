@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from rnnprobe.cells import ElmanCell, GRUCell, LSTMCell, UserCell, get_nonlinearity, import_cell_class
+from rnnprobe.checkpoints.conv import build_conv, check_conv_shapes, conv_layout_for_key, conv_settings, find_conv
 from rnnprobe.checkpoints.hdf5_format import read_hdf5, read_keras
 from rnnprobe.checkpoints.layouts import Layout, Part, Readout, find_layouts, generic_layout, part_shape, \
     readout_candidates
@@ -32,7 +33,8 @@ __all__ = ["load_checkpoint", "read_store"]
 # where training code keeps hyper-parameters inside a checkpoint's metadata
 _META_CONTAINERS = ("", "hyper_parameters.", "hparams.", "hyperparameters.", "config.", "args.", "params.",
                     "metadata.")
-_SETTINGS = ("alpha", "tau", "dt", "eps", "nonlinearity", "form", "task", "readout", "cell", "trained_dtype")
+_SETTINGS = ("alpha", "tau", "dt", "eps", "nonlinearity", "form", "task", "readout", "cell", "trained_dtype",
+             "lattice")
 
 
 def read_store(path: Path, options: LoadOptions) -> tuple[Store, list[str]]:
@@ -121,13 +123,17 @@ def _describe_keys(store: Store, limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def _choose_layout(store: Store, keys: dict, options: LoadOptions) -> Layout:
+def _choose_layout(store: Store, keys: dict, options: LoadOptions, lattice=None) -> Layout:
     layouts = find_layouts(store, options.layer, options.direction)
+    layouts += [c for c in find_conv(store, lattice) if all(c.anchor != lay.anchor for lay in layouts)]
     if "W_hh" in keys:
         anchor = store.find(keys["W_hh"], "--key W_hh")
         for lay in layouts:
             if lay.anchor == anchor:
                 return lay
+        conv = conv_layout_for_key(store, anchor, lattice)
+        if conv is not None:
+            return conv
         if len(store.entries[anchor].shape) != 2:
             raise store.error(f"--key W_hh={keys['W_hh']}: '{anchor}' has shape {list(store.entries[anchor].shape)}; "
                               "W_hh must be a matrix [N, N]")
@@ -135,7 +141,8 @@ def _choose_layout(store: Store, keys: dict, options: LoadOptions) -> Layout:
     if not layouts:
         raise store.error(
             "no recurrent weights found (looked for nn.RNN/GRU/LSTM weight_hh_l0, RNNCell weight_hh, CTRNN "
-            f"h2h.weight, Keras recurrent_kernel, W_hh/W_rec/J); the file has: {_describe_keys(store)}; name the "
+            f"h2h.weight, Keras recurrent_kernel, W_hh/W_rec/J, recurrent nn.Conv weights, kernel_hh / "
+            f"generator_hh / bipartite_hh); the file has: {_describe_keys(store)}; name the "
             "recurrent matrix with --key W_hh=KEY, or load a custom model with --cell"
         )
     if len(layouts) > 1:
@@ -427,7 +434,15 @@ def load_checkpoint(path, options: LoadOptions | None = None, **overrides) -> Mo
         trained = store.entries[next(iter(keys.values()))].dtype if keys else "float64"
         return _model(store, cell, keys, used, notes, st, sidecar, trained)
 
-    layout = _choose_layout(store, st.get("keys"), options)
+    lattice = st.get("lattice")
+    if lattice is not None:
+        from rnnprobe.operators import parse_lattice
+
+        try:
+            lattice = parse_lattice(lattice, what=f"lattice ({st.sources.get('lattice')})")
+        except InputError as e:
+            raise CheckpointError(e.message, path=store.path) from None
+    layout = _choose_layout(store, st.get("keys"), options, lattice)
     notes += layout.notes
     layout, forced, force = _apply_overrides(store, layout, st.get("keys"))
     if force:
@@ -438,10 +453,18 @@ def load_checkpoint(path, options: LoadOptions | None = None, **overrides) -> Mo
         notes += rnotes
     if readout is not None and readout.activation not in (None, "linear"):
         notes.append(f"the readout's activation {readout.activation} is not applied: rnnprobe's readout is linear")
-    _check_shapes(store, layout, readout, options.max_hidden)
-
-    fetched = {name: _fetch(store, name, part, options, notes) for name, part in layout.parts.items()}
-    W_r = _fetch(store, "W_r", readout.W, options, notes) if readout else None
+    if layout.conv is not None:
+        check_conv_shapes(store, layout, readout, options.max_hidden)
+        raw = {name: [store.tensor(k, name, dtype=options.dtype, device=options.device, max_bytes=options.max_bytes)
+                      for k in part.keys] for name, part in layout.parts.items()}
+        W_r = _fetch(store, "W_r", readout.W, options, notes) if readout else None
+        conv = build_conv(store, layout, raw, conv_settings(sidecar, store.path), W_r, notes, dtype=options.dtype,
+                          device=options.device)
+        fetched, W_r = {k: conv[k] for k in ("W_hh", "W_uh", "b")}, conv["W_r"]
+    else:
+        _check_shapes(store, layout, readout, options.max_hidden)
+        fetched = {name: _fetch(store, name, part, options, notes) for name, part in layout.parts.items()}
+        W_r = _fetch(store, "W_r", readout.W, options, notes) if readout else None
     b_r = _fetch(store, "b_r", readout.b, options, notes) if readout and readout.b else None
     keys = {name: part.label() for name, part in layout.parts.items()}
     if readout is not None:

@@ -42,6 +42,8 @@ class LoadOptions:
             DANGEROUS: a pickle can run any code.
         max_bytes: refuse files (and decompressed members) larger than this (``--max-bytes``).
         max_hidden: refuse models with more hidden units than this (``--max-hidden``).
+        lattice: the lattice a convolutional recurrence runs on (``--lattice 64x64``, 1-D or 2-D),
+            which torch Conv weights do not store.
         dtype, device: where the loaded cell lives (float64 on the CPU by default).
     """
 
@@ -58,6 +60,7 @@ class LoadOptions:
     trust_pickle: bool = False
     max_bytes: int = 2 * 1024**3
     max_hidden: int = 16384
+    lattice: str | None = None
     dtype: torch.dtype = torch.float64
     device: str = "cpu"
 
@@ -91,5 +94,9 @@ class LoadOptions:
             raise InputError(f"--max-hidden {self.max_hidden!r} must be a positive integer")
         if self.cell is not None and ":" not in self.cell:
             raise InputError(f"--cell {self.cell!r} must have the form package.module:Class")
+        if self.lattice is not None:
+            from rnnprobe.operators import parse_lattice
+
+            parse_lattice(self.lattice)
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise InputError(f"dtype {self.dtype!r} must be a floating torch dtype (float64 or float32)")

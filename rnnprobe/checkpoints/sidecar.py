@@ -8,7 +8,8 @@ notes that ``net.json`` was not read.
 Fields the loader uses (all optional; anything else lands in
 ``Model.metadata``): ``alpha``, ``tau`` (with ``dt``: alpha = dt / tau),
 ``nonlinearity``, ``dt``, ``form``, ``eps``, ``task``, ``keys`` (like ``--key``),
-``readout``, ``cell`` and ``cell_kwargs``, ``trained_dtype``. A sidecar is plain
+``readout``, ``cell`` and ``cell_kwargs``, ``trained_dtype``, ``lattice`` and ``conv``
+(convolutional recurrences, :mod:`rnnprobe.checkpoints.conv`). A sidecar is plain
 JSON: it can name a cell class, but only classes inside ``rnnprobe.`` are ever
 imported because of it.
 """
@@ -39,6 +40,8 @@ SIDECAR_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "trained_dtype": ((str,), "a dtype name such as \"float32\""),
     "keys": ((dict,), "an object {\"W_hh\": \"path.in.file\", ...}"),
     "cell_kwargs": ((dict,), "an object of keyword arguments"),
+    "lattice": ((str, list), "a lattice shape such as \"64x64\" or [64, 64]"),
+    "conv": ((dict,), "an object such as {\"padding_mode\": \"circular\", \"padding\": 1}"),
 }
 
 

@@ -8,8 +8,9 @@ to a relative residual of ``ARPACK_TOL``, with matrix-vector products in float32
 (half the memory traffic; the products' rounding, ~1e-7, is below the
 tolerance). Arnoldi converges slowly when many eigenvalues share the largest
 modulus (e.g. an orthogonal W_hh); if it has not converged after
-``ARPACK_MAXITER`` restarts, the exact method is used after all. The summary
-says which method produced the number (``spectral_radius_method``).
+``ARPACK_MAXITER`` restarts, the exact method is used after all. A circular
+convolution's spectral radius is exact from the FFT of its kernel at any size.
+The summary says which method produced the number (``spectral_radius_method``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 
 from rnnprobe.cells import NoRecurrentMatrix
+from rnnprobe.errors import InputError
 from rnnprobe.model import Model
+from rnnprobe.operators import DenseTooLarge
 
 __all__ = ["model_summary", "spectral_radius", "EXACT_MAX", "ARPACK_TOL"]
 
@@ -61,6 +64,23 @@ def spectral_radius(W: torch.Tensor) -> tuple[float, str]:
         return _exact(A), "eigvals (arpack did not converge)"
 
 
+def _radius(cell) -> tuple[float | None, str | None]:
+    """W_hh's spectral radius: exact from the FFT for a circular convolution, else :func:`spectral_radius`."""
+    try:
+        op = cell.recurrent_operator()
+    except NoRecurrentMatrix:
+        return None, None
+    except InputError:  # a user cell's matrices() that is not one square matrix
+        return None, None
+    if op.exact_spectrum:
+        return float(op.eigenvalues().abs().max()), f"fft (exact: {op.describe_short()})"
+    try:
+        W_hh = op.dense()
+    except DenseTooLarge:
+        return None, "none (the dense form of W_hh is too large)"
+    return spectral_radius(W_hh) if W_hh.dim() == 2 else (None, None)
+
+
 def _json_value(v):
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
@@ -87,11 +107,7 @@ def model_summary(model: Model) -> dict:
     cell = model.cell
     attrs = cell.attrs()
     elman = attrs.get("cell") == "elman"
-    try:
-        W_hh = cell.matrices().get("W_hh")
-    except NoRecurrentMatrix:
-        W_hh = None
-    rho, method = spectral_radius(W_hh) if W_hh is not None and W_hh.dim() == 2 else (None, None)
+    rho, method = _radius(cell)
     arrays = cell.arrays()
     alpha = attrs.get("alpha") if elman else None
     form = attrs.get("form") if elman else None

@@ -90,6 +90,10 @@ _PARAMS: dict[str, tuple[str, Any, Any]] = {
         metavar="SIZE", help="Refuse checkpoints larger than this (e.g. 2G, 500M).", rich_help_panel=LOAD)], "2G"),
     "max_hidden": (LOAD, Annotated[int, typer.Option(
         min=1, help="Refuse models with more hidden units than this.", rich_help_panel=LOAD)], 16384),
+    "lattice": (LOAD, Annotated[Optional[str], typer.Option(
+        metavar="HxW|L", rich_help_panel=LOAD,
+        help="Lattice of a convolutional recurrence (a torch Conv state dict does not store it), e.g. 64x64.")],
+        None),
     # task data
     "task": (TASK, Annotated[Optional[str], typer.Option(
         metavar="NAME[:k=v,...]", rich_help_panel=TASK,
@@ -152,7 +156,7 @@ class CommonOptions:
             form=v.get("form"), eps=v.get("eps"), layer=v.get("layer", 0),
             direction=v.get("direction", "forward"), readout=v.get("readout"), cell=v.get("cell"),
             trust_pickle=bool(v.get("trust_pickle")), max_bytes=parse_size(v.get("max_bytes", "2G")),
-            max_hidden=v.get("max_hidden", 16384),
+            max_hidden=v.get("max_hidden", 16384), lattice=v.get("lattice"),
         )
 
     def run_settings(self, **changes):
