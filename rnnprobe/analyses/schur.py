@@ -18,6 +18,21 @@ unchanged on the task data. Zeroing ``T_C->R`` is the basis-free pinching
 Reusable functions (documented signatures): :func:`decompose`,
 :func:`nonnormality`, :func:`coupling_regions`, :func:`rollout_variants`.
 The linear algebra lives in :mod:`rnnprobe.numerics.schur`.
+
+Convolutional W_hh (``--method``, :mod:`rnnprobe.operators`). A circular
+convolution on a lattice is diagonalised by the Fourier basis (Magnasco 2023):
+its spectrum is the FFT of its kernel, exactly, at any size, and so is
+everything that depends on the spectrum and the blocks of the Fourier basis
+(normality, Henrici departure, ``||W^t||_2``). The FFT path reports those,
+orders the eigenvalues and splits R/C as the dense path does, and checks the
+kernel: antisymmetry (or anti-Hermitian) errors of the kernel and of its
+generator when W_hh was built as ``exp_conv(G)``, and the unitarity error
+``max | |FFT(K)| - 1 |`` (singular values of each frequency's block for C
+channels). No Schur vectors are formed there (the Fourier basis plays their
+role), so no T, Q or ablation: ``--method dense`` (or ``--ablate``) takes the
+dense path on the dense matrix, for lattices within the dense size limit.
+Other boundaries (zero padding) are not circulant: the FFT of the kernel is
+not their spectrum, and ``auto`` takes the dense path.
 """
 
 from __future__ import annotations
@@ -33,7 +48,9 @@ from rnnprobe.analyses.base import AnalysisSpec, Options, Result, RunContext, op
 from rnnprobe.cells.elman import ElmanCell
 from rnnprobe.errors import AnalysisError, InputError
 from rnnprobe.model import Model
+from rnnprobe.numerics import conv as nconv
 from rnnprobe.numerics import schur as ns
+from rnnprobe.operators import CircularConvOperator, Operator
 
 __all__ = [
     "SchurOptions",
@@ -49,7 +66,11 @@ __all__ = [
     "run",
     "ANALYSIS",
     "COUPLINGS",
+    "METHODS",
+    "conv_checks",
 ]
+
+METHODS = ("auto", "dense", "fft")
 
 COUPLINGS = ("T_RR", "T_CC", "T_C->R")
 """The three coupling blocks of the R/C split, in the order variants list them."""
@@ -91,7 +112,12 @@ class SchurOptions(Options):
                                   help="Transient amplification max_{t<=T} ||W^t||_2 (0: skip).")
     max_error: float | None = option(None, min=0.0, min_open=True,
                                      help="Gate: exit 1 when the reconstruction or orthogonality error "
-                                          "exceeds this.")
+                                          "exceeds this (dense path).")
+    method: str = option("auto", choices=METHODS,
+                         help="fft: the exact spectrum of a circular convolution's W_hh from the FFT of its "
+                              "kernel, normality and kernel checks, at any lattice size (no Schur vectors); "
+                              "dense: the ordered Schur form of the dense matrix; auto: fft for a circular "
+                              "convolution without --ablate, else dense.")
 
 
 @dataclasses.dataclass
@@ -132,6 +158,9 @@ class SchurResult(Result):
     control_pattern_delta_fvu: np.ndarray | None = None
     pairs_delta_fvu: np.ndarray | None = None
     pairs_sensitivity: np.ndarray | None = None
+    method: str = "dense"
+    conv: dict | None = None
+    symbol_modulus: np.ndarray | None = None
 
     def summary(self) -> dict:
         nn = self.nonnormality
@@ -148,7 +177,7 @@ class SchurResult(Result):
             "order": self.order,
             "retain_alpha": self.retain_alpha,
             "retain": self.retain,
-            "n_blocks": int(self.block_starts.size),
+            "n_blocks": int(self.block_starts.size) if self.method == "dense" else None,
             "block_moves": self.block_moves,
             "order_violations": self.order_violations,
             "refused_swaps": len(self.refused_swaps),
@@ -169,7 +198,10 @@ class SchurResult(Result):
             "task": self.task,
             "baseline_fvu": self.baseline_fvu,
             "baseline_accuracy": self.baseline_accuracy,
+            "method": self.method,
         }
+        if self.conv is not None:
+            out["conv"] = {k: v for k, v in self.conv.items() if not isinstance(v, np.ndarray)}
         if self.pairs_delta_fvu is not None:
             out["pairs"] = {"group_starts": self.group_starts, "delta_fvu": self.pairs_delta_fvu,
                             "sensitivity": self.pairs_sensitivity}
@@ -608,10 +640,125 @@ def _ablation_rows(decomp: Decomposition, W: np.ndarray, cell: ElmanCell, task, 
 # ---------------------------------------------------------------------------------
 # the analysis
 # ---------------------------------------------------------------------------------
+def conv_checks(op: Operator) -> dict | None:
+    """Kernel checks of a convolutional W_hh (None for a dense one).
+
+    Keys: ``boundary``, ``lattice``, ``channels``, ``construction``,
+    ``spectrum_exact`` (the FFT of the kernel is the spectrum: circular
+    boundaries only), ``kernel_antisymmetry_error`` and ``kernel_symmetry_error``
+    (``||W +- W^T||_F / (2 ||W||_F)``), ``generator_antisymmetry_error`` (of G
+    when ``W = exp_conv(G)``; for a realified complex cell this is the
+    generator's anti-Hermitian error, also given as ``anti_hermitian_error``),
+    ``unitarity_error`` (``max | sigma - 1 |`` over every frequency's block;
+    ``max | |FFT(K)| - 1 |`` for one channel), ``log_abs_det``.
+    """
+    if isinstance(op, CircularConvOperator):
+        gen = None if op.generator is None else nconv.antisymmetry_error(op.generator)
+        return {
+            "boundary": "circular", "lattice": op.attrs()["lattice"], "channels": op.channels,
+            "construction": op.construction, "spectrum_exact": True,
+            "kernel_antisymmetry_error": nconv.antisymmetry_error(op.kernel),
+            "kernel_symmetry_error": nconv.symmetry_error(op.kernel),
+            "generator_antisymmetry_error": gen,
+            "anti_hermitian_error": gen if op.complex_channels else None,
+            "unitarity_error": nconv.unitarity_error(op.kernel),
+            "log_abs_det": op.logabsdet(),
+        }
+    attrs = op.attrs()
+    if "lattice" in attrs:
+        return {"boundary": attrs.get("boundary"), "lattice": attrs["lattice"], "channels": attrs.get("channels"),
+                "construction": op.describe(), "spectrum_exact": False}
+    return None
+
+
+def _conjugate_layout(lam: np.ndarray, rho: float) -> np.ndarray:
+    """The eigenvalues of a real operator laid out as a real Schur form lists them: real ones, and each
+    pair as ``(a + bi, a - bi)``; tiny imaginary parts (rounding of the FFT) are snapped to 0."""
+    lam = np.asarray(lam, dtype=np.complex128)
+    tiny = 64 * np.finfo(np.float64).eps * max(rho, np.finfo(np.float64).tiny)
+    real = np.abs(lam.imag) <= tiny
+    pos = lam[~real & (lam.imag > 0)]
+    neg = lam[~real & (lam.imag < 0)]
+    if pos.size != neg.size:  # an unmatched pair: the operator is not real to rounding
+        raise AnalysisError(f"the FFT spectrum has {pos.size} eigenvalues above the real axis and {neg.size} "
+                            "below; W_hh is not a real operator")
+    out = np.empty(lam.size, dtype=np.complex128)
+    nr = int(real.sum())
+    out[:nr] = lam[real].real
+    out[nr::2] = pos
+    out[nr + 1::2] = np.conj(pos)
+    return out
+
+
+def _fft_result(op: CircularConvOperator, options: SchurOptions, ctx: RunContext) -> SchurResult:
+    """The FFT path: exact spectrum, R/C split, normality and kernel checks of a circular convolution."""
+    import time
+
+    from scipy.spatial import cKDTree
+
+    t0 = time.perf_counter()
+    ctx.progress.start("schur: spectrum by FFT", None)
+    try:
+        lam_raw = op.to(dtype=torch.float64).eigenvalues().cpu().numpy()
+        stats, norms = nconv.circulant_nonnormality(op.to(dtype=torch.float64), steps=options.transient_steps)
+    finally:
+        ctx.progress.stop()
+    rho = stats["spectral_radius"]
+    lam = _conjugate_layout(lam_raw, rho)
+    n = lam.size
+    ranks = ns.order_ranks(lam, options.order, rho=rho)
+    if options.retain is not None:
+        first = _retain_top(lam, ranks, int(options.retain))
+    else:
+        first = np.abs(lam) >= options.retain_alpha * rho
+    order = np.argsort(ns.order_ranks(lam, options.order, rho=rho, first=first), kind="stable")
+    lam, first = lam[order], first[order]
+    m = int(first.sum())
+    normal = stats["commutator"] <= 1e-12
+    sep = None
+    if normal and 0 < m < n:  # normal blocks: sep_F(T_RR, T_CC) is the distance between the two spectra
+        pts = np.column_stack([lam.real, lam.imag])
+        sep = float(cKDTree(pts[~first]).query(pts[first])[0].min())
+    checks = conv_checks(op)
+    checks.update({"method": "fft", "normal": bool(normal), "commutator": stats["commutator"],
+                   "frobenius": stats["frobenius"], "n_units": n, "seconds": time.perf_counter() - t0,
+                   "schur_form": "not built: the Fourier basis diagonalises W_hh (one C x C block per frequency)"})
+    if op.channels == 1:
+        modulus = op.blocks().abs().reshape(op.lattice).cpu().numpy()
+    else:
+        modulus = torch.linalg.svdvals(op.blocks())[:, 0].reshape(op.lattice).cpu().numpy()
+    empty = np.zeros((0, 0))
+    return SchurResult(
+        Q=empty, T=empty, eigenvalues=lam, block_starts=np.zeros(0, dtype=np.int64), retained=first,
+        order=options.order, retain_alpha=options.retain_alpha, retain=options.retain, n_hidden=n,
+        spectral_radius=rho, n_retained=m, reconstruction_error=None, orthogonality_error=None,
+        block_moves=0, order_violations=0, split_exact=True, refused_swaps=[],
+        condition_s=1.0 if normal else None, condition_sep=sep, nonnormality=stats,
+        group_starts=np.zeros(0, dtype=np.int64), coupling_norms=empty, coupling_norms_rc={},
+        transient_norms=norms, method="fft", conv=checks, symbol_modulus=modulus,
+    )
+
+
+def _resolve_method(op: Operator, options: SchurOptions) -> str:
+    if options.method == "fft":
+        if not op.exact_spectrum:
+            raise InputError(f"--method fft needs W_hh to be a circular convolution (its spectrum is then the FFT "
+                             f"of its kernel); this W_hh is {op.describe()}: use --method dense (or auto)")
+        if options.ablate != "none":
+            raise InputError(f"--ablate {options.ablate} removes Schur couplings, which needs the Schur vectors of "
+                             "the dense path: use --method dense (or auto)")
+        return "fft"
+    if options.method == "auto" and op.exact_spectrum and options.ablate == "none":
+        return "fft"
+    return "dense"
+
+
 def run(model: Model, options: SchurOptions, ctx: RunContext) -> SchurResult:
     """Ordered Schur form, nonnormality and (``--ablate``) the coupling ablation of ``model``'s W_hh."""
-    mats = model.cell.matrices()
-    W = mats["W_hh"].detach().cpu().to(torch.float64).numpy()
+    op = model.cell.recurrent_operator()
+    if _resolve_method(op, options) == "fft":
+        return _fft_result(op, options, ctx)
+    W = op.dense().detach().cpu().to(torch.float64).numpy()
     n = W.shape[0]
     ctx.progress.start("schur: ordered decomposition", None)
     try:
@@ -639,8 +786,11 @@ def run(model: Model, options: SchurOptions, ctx: RunContext) -> SchurResult:
         refused_swaps=[dataclasses.asdict(r) for r in sch.refusals], condition_s=dec.s, condition_sep=dec.sep,
         nonnormality=stats, group_starts=starts, coupling_norms=cnorm,
         coupling_norms_rc={k: float(np.linalg.norm(T[v])) for k, v in regions.items()},
-        transient_norms=norms, ablate=options.ablate,
+        transient_norms=norms, ablate=options.ablate, conv=conv_checks(op),
     )
+    if result.conv is not None:
+        result.conv.update({"method": "dense", "normal": bool(stats["commutator"] <= 1e-12),
+                            "commutator": stats["commutator"]})
     if options.ablate == "none":
         return result
 
@@ -685,12 +835,14 @@ def gate(result: SchurResult, options: SchurOptions) -> list[str]:
     out = []
     for name in ("reconstruction_error", "orthogonality_error"):
         value = getattr(result, name)
+        if value is None:  # the FFT path has no Schur vectors to check
+            continue
         if not value <= options.max_error:
             out.append(f"{name} {value:.3g} > --max-error {options.max_error:g}")
     return out
 
 
-_RENDER_KEYS = ("n_hidden", "spectral_radius", "n_retained", "reconstruction_error", "orthogonality_error",
+_RENDER_KEYS = ("method", "n_hidden", "spectral_radius", "n_retained", "reconstruction_error", "orthogonality_error",
                 "henrici", "coupling_fraction", "commutator", "eigvec_condition", "norm2", "transient_amplification",
                 "transient_argmax", "condition_s", "condition_sep", "refused_swaps", "order_violations", "task",
                 "baseline_fvu", "baseline_accuracy", "warnings")
@@ -701,6 +853,10 @@ def render(summary: dict):
     from rnnprobe.cli.console import kv_table, rows_table
 
     head = {k: summary.get(k) for k in _RENDER_KEYS}
+    conv = summary.get("conv") or {}
+    head.update({k: conv[k] for k in ("lattice", "channels", "boundary", "spectrum_exact", "normal",
+                                      "unitarity_error", "kernel_antisymmetry_error", "generator_antisymmetry_error")
+                 if conv.get(k) is not None})
     if not summary.get("ablations"):
         return kv_table(head, title="rnnprobe schur")
 
@@ -720,6 +876,13 @@ def render(summary: dict):
 def _plot(result, model):
     from rnnprobe.plots.schur import plot
 
+    if result.method == "fft":
+        from rnnprobe.plots.convexp import spectrum_figure
+        from rnnprobe.plots.schur import _eigenvalues
+
+        return {"eigenvalues": _eigenvalues(result),
+                "spectrum": spectrum_figure(result.symbol_modulus, "|eigenvalue| over the lattice's frequencies "
+                                            "(FFT of the kernel)")}
     return plot(result, model)
 
 
@@ -731,7 +894,9 @@ ANALYSIS = AnalysisSpec(
         "nonnormality diagnostics (Henrici departure, commutator, eigenvector condition, transient "
         "amplification), and with --ablate the task effect of removing the couplings T_RR, T_CC, T_C->R "
         "(or between block groups) with W_uh, W_r and b fixed, against random controls of the same norm "
-        "(Draeger 2026, arXiv 2606.18457)."
+        "(Draeger 2026, arXiv 2606.18457). For a circular convolution W_hh (--lattice models), the exact "
+        "spectrum from the FFT of the kernel at any size, normality, and the kernel's antisymmetry and "
+        "unitarity errors (--method; Magnasco 2023)."
     ),
     options=SchurOptions,
     run=run,
