@@ -147,7 +147,7 @@ def from_symbol(M: torch.Tensor, ndim: int, *, real: bool = True) -> torch.Tenso
 
 def place_stencil(stencil: torch.Tensor, lattice: tuple[int, ...], center=None, *,
                   dilation=1) -> torch.Tensor:
-    """A small stencil ``[C, C, *k]`` (or ``[*k]``) as a full lattice kernel ``[C, C, *L]`` with circular offsets.
+    """A small stencil ``[C, C, *k]`` (or ``[*k]``) as a full lattice kernel ``[C, C, *L]`` (or ``[*L]``), circular offsets.
 
     Entry ``j`` (per axis) multiplies the site at offset ``dilation * j - center``
     (cross-correlation): ``center`` defaults to ``k // 2`` per axis, which is
@@ -173,7 +173,7 @@ def place_stencil(stencil: torch.Tensor, lattice: tuple[int, ...], center=None, 
         shape = list(out.shape)
         shape[2 + a] = lattice[a]
         out = torch.zeros(shape, dtype=s.dtype, device=s.device).index_add_(2 + a, idx, out)
-    return out
+    return out[0, 0] if stencil.dim() == nd else out
 
 
 def _too_large(desc: str, n: int, limit: int, itemsize: int) -> DenseTooLarge:

@@ -27,6 +27,7 @@ flipflop  3     3      25      sign accuracy after each channel's first pulse
 sine      1     1      50      FVU only (accuracy is None)
 cdi       4     1      48      sign accuracy on the decision steps
 s1        1     2      50      FVU only (accuracy is None)
+lattice   32    32     10      sign accuracy over every site and step
 ========  ====  =====  ======  ==============================================
 """
 
@@ -143,7 +144,7 @@ class TaskData:
         targets: ``[B, T, d_out]`` float64.
         mask: ``[B, T]`` float64 weights in ``{0, 1}`` (or general non-negative
             weights for data files): which steps count in loss, FVU and accuracy.
-        name: ``copy``, ``flipflop``, ``sine``, ``cdi``, ``s1``, or ``data``.
+        name: ``copy``, ``flipflop``, ``sine``, ``cdi``, ``s1``, ``lattice``, or ``data``.
         params: the task's parameters (for ``data``: ``{"path": ...}``).
         metric: ``"sign"`` when the task has a sign accuracy (see
             :func:`sign_accuracy`), ``None`` when only the FVU applies.
@@ -391,12 +392,44 @@ def s1(
     return TaskData(inputs, targets, mask, "s1", dict(length=length, sigma=sigma, rho=rho, init=init), None, seed)
 
 
+def lattice(*, batch: int, seed: int, sites: int = 32, length: int = 10, shift: int = 1, recall: int = 0) -> TaskData:
+    """Propagate (``shift != 0``) or remember (``shift = 0``) a pattern on a ring of sites.
+
+    At ``t = 0`` the input is a pattern ``p`` in ``{-1, +1}^sites`` drawn
+    uniformly, and 0 afterwards (``d_in = sites``, one channel per site). The
+    output at step ``t`` must be the pattern moved ``shift * t`` sites round
+    the ring, ``y_t[x] = p[(x - shift * t) mod sites]`` (``d_out = sites``).
+    A convolution commutes with the shift, so a convolutional network can
+    solve it on any number of sites with one kernel.
+
+    Parameters (defaults): ``sites=32``, ``length=10`` steps, ``shift=1``
+    site per step, ``recall=0`` (score the last ``recall`` steps; 0: all).
+
+    Mask: every step (or the last ``recall``). Metric: sign accuracy over
+    every site of the scored steps (chance 0.5).
+    """
+    _check("lattice", sites >= 2, f"sites={sites} must be >= 2")
+    _check("lattice", length >= 1, f"length={length} must be >= 1")
+    _check("lattice", 0 <= recall <= length, f"recall={recall} must be in [0, length={length}]")
+    rng = np.random.default_rng(seed)
+    p = rng.choice(np.array([-1.0, 1.0]), size=(batch, sites))
+    inputs = np.zeros((batch, length, sites))
+    inputs[:, 0] = p
+    targets = np.stack([np.roll(p, shift * t, axis=1) for t in range(length)], axis=1)
+    mask = np.ones((batch, length))
+    if recall:
+        mask[:, : length - recall] = 0.0
+    return TaskData(inputs, targets, mask, "lattice", dict(sites=sites, length=length, shift=shift, recall=recall),
+                    "sign", seed)
+
+
 TASKS: dict[str, Callable[..., TaskData]] = {
     "copy": copy,
     "flipflop": flipflop,
     "sine": sine,
     "cdi": cdi,
     "s1": s1,
+    "lattice": lattice,
 }
 """name -> generator ``f(*, batch, seed, **params) -> TaskData``; its keyword defaults are the task's defaults."""
 

@@ -53,7 +53,7 @@ def test_shapes_dtypes_and_determinism(spec):
 
 
 def test_registry_covers_the_documented_tasks():
-    assert set(TASKS) == {"copy", "flipflop", "sine", "cdi", "s1"}
+    assert set(TASKS) == {"copy", "flipflop", "sine", "cdi", "s1", "lattice"}
     for name in TASKS:
         assert TASKS[name].__doc__ and "Mask" in TASKS[name].__doc__ and "Metric" in TASKS[name].__doc__
 

@@ -97,7 +97,7 @@ _PARAMS: dict[str, tuple[str, Any, Any]] = {
     # task data
     "task": (TASK, Annotated[Optional[str], typer.Option(
         metavar="NAME[:k=v,...]", rich_help_panel=TASK,
-        help="Task to generate inputs from (copy, flipflop, sine, cdi, s1); default: the sidecar's task.")], None),
+        help="Task to generate inputs from (copy, flipflop, sine, cdi, s1, lattice); default: the sidecar's task.")], None),
     "data": (TASK, Annotated[Optional[Path], typer.Option(
         dir_okay=False, rich_help_panel=TASK,
         help="npz or h5 file with inputs [B,T,d_in], targets [B,T,d_out], optional mask [B,T].")], None),

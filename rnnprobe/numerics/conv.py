@@ -126,8 +126,9 @@ def conv_function(K, fn: str = "exp", t: float = 1.0) -> tuple[torch.Tensor, flo
     G = from_symbol(F, nd, real=False)
     residual = 0.0
     if not K4.is_complex():
-        scale = float(G.abs().max()) if G.numel() else 0.0
-        residual = float(G.imag.abs().max()) / scale if scale > 0 else 0.0
+        Gd = G.detach()
+        scale = float(Gd.abs().max()) if Gd.numel() else 0.0
+        residual = float(Gd.imag.abs().max()) / scale if scale > 0 else 0.0
         G = G.real.contiguous()
     return (G[0, 0] if single else G), residual
 
