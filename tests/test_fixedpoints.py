@@ -520,7 +520,7 @@ def test_leaky_time_constants_and_continuous_eigenvalues(tmp_path):
 
 
 def test_batched_lu_is_safe_with_two_threads():
-    """torch 2.13 + MKL: batched LU on >1 thread at N ~ 200 corrupts pivots; the solver goes per matrix."""
+    """torch 2.13 + MKL: batched LU on >1 thread at N >= 160 corrupts pivots; the solver goes per matrix."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -22,6 +22,12 @@ Public functions (stable signatures; other analyses import them):
     -> ``tau = -1 / log|lambda|`` in steps.
 ``deduplicate(states, q, tol, groups=None)``
     -> representatives and the assignment of every state to one.
+``dense_jacobian_feasible(cell, jacobian_memory=256e6)``
+    -> whether explicit S x S Jacobians are affordable (else everything stays matrix-free).
+``linearize_matrix_free(cell, states, u=None, *, k=16)``
+    -> the ``k`` leading eigenvalues of J at each point without forming J
+    (exact by FFT at translation-invariant points of a circular convolution;
+    ARPACK on Jacobian-vector products elsewhere).
 ``memory_basis(J, B, R, basis="eigen", ...)``
     -> :class:`MemoryBasis`: ``J = Xi Phi Xi^+`` with the input and readout maps.
 ``detect_cyclic_shift(Phi, ...)``
@@ -67,6 +73,8 @@ __all__ = [
     "classify",
     "time_constants",
     "deduplicate",
+    "dense_jacobian_feasible",
+    "linearize_matrix_free",
     "MemoryBasis",
     "memory_basis",
     "real_eigen_basis",
@@ -289,11 +297,12 @@ def _per_matrix(fn: Callable, A: torch.Tensor, *rest: torch.Tensor):
     """``fn(A, *rest)`` for a batch of matrices, one matrix at a time on a multi-threaded CPU.
 
     With torch 2.13's MKL, batched LU factorisations (``solve``, ``lu_factor``,
-    ``inv`` of [K >= 2, N, N], N above about 190) running on more than one thread
-    print "Intel oneMKL ERROR: Parameter 6 was incorrect on entry to DLASWP" and
-    can hang; single matrices (which MKL threads internally) are fine.
+    ``inv`` of [K >= 2, N, N], N from about 160 up) running on more than one
+    thread print "Intel oneMKL ERROR: Parameter 6 was incorrect on entry to
+    DLASWP" and can hang; single matrices (which MKL threads internally) and
+    batches of N <= 128 (checked up to K = 64) are fine.
     """
-    if A.device.type != "cpu" or A.shape[0] <= 1 or torch.get_num_threads() == 1:
+    if A.device.type != "cpu" or A.shape[0] <= 1 or A.shape[-1] <= 128 or torch.get_num_threads() == 1:
         return fn(A, *rest)
     outs = [fn(A[i], *(r[i] for r in rest)) for i in range(A.shape[0])]
     return tuple(torch.stack([o[j] for o in outs]) for j in range(len(outs[0])))
@@ -557,7 +566,11 @@ def find_fixed_points(
             rejected by a float64 line search, and everything reported (states, q,
             labels, Jacobians) is float64. ``None`` keeps everything in the cell's dtype.
         jacobian_memory: bytes of explicit Jacobians (and their factors) held at once;
-            larger batches are processed in chunks.
+            larger batches are processed in chunks. When not even one fits, or W_hh is a
+            convolution too large for its dense form (:func:`dense_jacobian_feasible`),
+            the solver is matrix-free throughout: Newton-Krylov only (a rejected step
+            retries with twice the Krylov dimension, up to 8 x ``krylov_dim``, in
+            full precision), and no merging (its verification factorises Jacobians).
         groups: ``[n]`` integer condition of each candidate; points of different
             groups are never merged (use with per-candidate inputs).
         progress: an object with ``start(desc, total)``, ``advance()``, ``stop()``.
@@ -613,6 +626,12 @@ def find_fixed_points(
     eps = torch.finfo(dt).eps
     q_floor = 0.5 * S * (64 * eps * scale) ** 2  # about the round-off level of q
     chunk = max(1, int(jacobian_memory // (3 * S * S * x.element_size())))  # explicit Jacobians at a time
+    matrix_free = not dense_jacobian_feasible(cell, jacobian_memory)
+    stats["matrix_free"] = matrix_free
+    if matrix_free:
+        merge_tol = 0.0  # a merge is verified with the leader's LU factors, which do not exist here
+    kdim = torch.full((n,), krylov_dim, dtype=torch.long, device=dev)  # grows on rejections (matrix-free)
+    exact = torch.zeros(n, dtype=torch.bool, device=dev)  # Krylov solves kept in full precision
     state = torch.full((n,), _ACTIVE, dtype=torch.int8, device=dev)
     leader = torch.full((n,), -1, dtype=torch.long, device=dev)
     mu = torch.zeros(n, dtype=dt, device=dev)
@@ -653,7 +672,7 @@ def find_fixed_points(
             if progress is not None:
                 progress.advance()
             all_direct = S <= direct_dim or act.numel() * S**3 <= direct_max * 128**3
-            use_direct = direct[act] | all_direct
+            use_direct = (direct[act] | all_direct) & (not matrix_free)
             for sel, method in ((act[use_direct], "direct"), (act[~use_direct], "krylov")):
                 if sel.numel() == 0:
                     continue
@@ -663,12 +682,15 @@ def find_fixed_points(
                     eta = torch.clamp(gs.norm(dim=1) / scale, max=0.1)
                     dx = torch.empty_like(gs)
                     rough = eta >= explore_eta if low is not None else torch.zeros_like(eta, dtype=torch.bool)
-                    for part, sys_p in ((rough, low), (~rough, system)):
-                        if bool(part.any()):
+                    rough &= ~exact[sel]
+                    for part_all, sys_p in ((rough, low), (~rough, system)):
+                        # one GMRES per Krylov dimension in use (only matrix-free retries use others)
+                        for m_k in torch.unique(kdim[sel][part_all]).tolist():
+                            part = part_all & (kdim[sel] == m_k)
                             ip = sel[part]
                             sp = sys_p.sub(ip)
                             xp = xs[part].to(sp.dtype)
-                            dx[part] = _gmres(sp.operator(xp), -gs[part].to(sp.dtype), krylov_dim, eta[part],
+                            dx[part] = _gmres(sp.operator(xp), -gs[part].to(sp.dtype), int(m_k), eta[part],
                                               settle=krylov_settle).to(dt)
                     stats["krylov_steps"] += int(sel.numel())
                     stats["krylov_steps_low_precision"] += int(rough.sum())
@@ -691,6 +713,9 @@ def find_fixed_points(
                     mu0 = 1e-10 * A_scale
                     m_new = torch.where(ok, mu[sel] / 8, torch.maximum(mu[sel] * 8, mu0))
                     mu[sel] = torch.where(m_new < mu0, torch.zeros_like(m_new), m_new)
+                elif matrix_free:
+                    kdim[sel[~ok]] = torch.clamp(2 * kdim[sel[~ok]], max=8 * krylov_dim)
+                    exact[sel[~ok]] = True
                 else:
                     direct[sel[~ok]] = True
                 fails[sel] = torch.where(ok, torch.zeros_like(fails[sel]), fails[sel] + 1)
