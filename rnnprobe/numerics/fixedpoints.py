@@ -954,6 +954,115 @@ def linearize(cell: Cell, states, u=None, *, eigenvectors: bool = True) -> Linea
     return Linearization(J, B, lam, V)
 
 
+def dense_jacobian_feasible(cell: Cell, jacobian_memory: float = 256e6) -> bool:
+    """Whether explicit ``S x S`` Jacobians of ``cell`` are affordable.
+
+    False when one Jacobian with its LU factors (``3 S^2`` numbers) exceeds
+    ``jacobian_memory`` bytes, or when W_hh is a structured operator (a
+    convolution) beyond the size its dense form is built for
+    (:data:`rnnprobe.operators.DENSE_MAX`): then :func:`find_fixed_points`
+    stays matrix-free and :func:`linearize_matrix_free` replaces :func:`linearize`.
+    """
+    from rnnprobe.operators import DENSE_MAX, DenseOperator
+
+    S = cell.n_state
+    if 3 * S * S * torch.finfo(cell.dtype).bits // 8 > jacobian_memory:
+        return False
+    op = getattr(cell, "op", None)
+    return op is None or isinstance(op, DenseOperator) or op.n <= DENSE_MAX
+
+
+def _uniform_gain_symbol(cell: Cell, x: torch.Tensor, u):
+    """J's per-frequency C x C blocks ``[P, C, C]`` at ``x`` [S] when J is itself a circular convolution
+    (an Elman cell on a :class:`~rnnprobe.operators.CircularConvOperator` whose gain phi' is the same on
+    every site of a channel), else None."""
+    from rnnprobe.cells.elman import ElmanCell
+    from rnnprobe.operators import CircularConvOperator
+
+    if not isinstance(cell, ElmanCell) or not isinstance(cell.op, CircularConvOperator):
+        return None
+    op = cell.op
+    d = cell._gain(x[None], None if u is None else u[None])[0].reshape(op.channels, op.sites)
+    spread = (d - d[:, :1]).abs().max()
+    if float(spread) > 1e-13 * max(1.0, float(d.abs().max())):
+        return None
+    D = torch.diag_embed(d[:, 0].to(torch.complex128 if d.dtype == torch.float64 else torch.complex64))
+    M = op.blocks()  # [P, C, C]
+    eye = torch.eye(op.channels, dtype=M.dtype, device=M.device)
+    a = cell.alpha
+    if cell.form == "rate-outside":
+        return (1.0 - a) * eye + a * (M @ D)
+    if cell.form == "residual":
+        return eye + a * (D @ M)
+    return (1.0 - a) * eye + a * (D @ M)
+
+
+def linearize_matrix_free(cell: Cell, states, u=None, *, k: int = 16, tol: float = 1e-10,
+                          maxiter: int | None = None) -> tuple[Linearization, dict]:
+    """The ``k`` leading eigenvalues of ``J = dF/dh`` at each point, without forming J.
+
+    ``linearize_matrix_free(cell, states [K, S], u=None, *, k=16) -> (Linearization, info)``
+
+    Where J is itself a circular convolution (an Elman cell whose W_hh is a
+    :class:`~rnnprobe.operators.CircularConvOperator`, at a point where phi'
+    is uniform over the sites of each channel, e.g. a translation-invariant
+    fixed point) its spectrum is exact from the FFT; elsewhere ARPACK's
+    implicitly restarted Arnoldi (``scipy.sparse.linalg.eigs``, largest
+    modulus, relative tolerance ``tol``) on ``cell.jvp``. The
+    :class:`Linearization` has ``eigenvalues`` ``[K, k]`` (decreasing modulus;
+    NaN where ARPACK did not converge), ``input_jacobians`` and empty
+    ``jacobians`` ``[K, 0, 0]``. ``info``: ``method`` per point (``fft`` or
+    ``arnoldi``), ``converged`` per point, and ``k``. Arnoldi converges slowly
+    when many eigenvalues share the largest modulus (an orthogonal W_hh near
+    h = 0): those points may come back with fewer converged eigenvalues.
+    """
+    import scipy.sparse.linalg as sla
+
+    x = as_tensor(states, dtype=cell.dtype, device=cell.device, detach=True)
+    if x.dim() != 2 or x.shape[1] != cell.n_state:
+        raise InputError(f"states must be [K, n_state={cell.n_state}]; got shape {list(x.shape)}")
+    K, S = x.shape
+    k = max(1, min(int(k), S - 2))
+    U = _inputs_for(cell, u, K) if K else None
+    cdt = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+    lam = torch.full((K, k), complex(float("nan"), float("nan")), dtype=cdt, device=x.device)
+    methods, converged = [], []
+    for i in range(K):  # one eigenproblem per distinct point (a handful)
+        ui = None if U is None else U[i]
+        blocks = _uniform_gain_symbol(cell, x[i], ui)
+        if blocks is not None:
+            ev = blocks.reshape(-1) if blocks.shape[-1] == 1 else torch.linalg.eigvals(blocks).reshape(-1)
+            ev, _ = _sort_spectrum(ev[None], None)
+            lam[i] = ev[0, :k].to(cdt)
+            methods.append("fft")
+            converged.append(k)
+            continue
+        xi, Ui = x[i:i + 1], None if U is None else U[i:i + 1]
+
+        def matvec(v, xi=xi, Ui=Ui):
+            vt = torch.as_tensor(np.asarray(v).real, dtype=cell.dtype, device=cell.device).reshape(1, S)
+            with torch.no_grad():
+                return cell.jvp(xi, Ui, vt)[0].cpu().numpy().astype(np.float64)
+
+        A = sla.LinearOperator((S, S), matvec=matvec, dtype=np.float64)
+        v0 = np.random.default_rng(i).standard_normal(S)
+        try:
+            vals = sla.eigs(A, k=k, which="LM", tol=tol, v0=v0, maxiter=maxiter or max(1000, 10 * S // k),
+                            return_eigenvectors=False)
+        except sla.ArpackNoConvergence as e:
+            vals = np.asarray(e.eigenvalues)
+        ev = torch.as_tensor(np.asarray(vals, dtype=np.complex128), dtype=cdt, device=x.device)
+        if ev.numel():
+            ev, _ = _sort_spectrum(ev[None], None)
+            lam[i, : ev.shape[1]] = ev[0]
+        methods.append("arnoldi")
+        converged.append(int(ev.numel()))
+    with torch.no_grad():
+        B = cell.input_jacobian(x, U) if K else x.new_zeros(0, S, cell.n_inputs)
+    lin = Linearization(x.new_zeros(K, 0, 0), B, lam, None)
+    return lin, {"method": methods, "converged": converged, "k": k}
+
+
 def classify(eigenvalues: torch.Tensor, marginal_tol: float):
     """Stability of each point from its eigenvalues ``[K, S]``.
 
