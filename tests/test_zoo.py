@@ -387,7 +387,7 @@ def _start_and_signal(args, out, n_reports, sig):
     """Start the CLI in a subprocess, send ``sig`` once ``n_reports`` reports exist; return it and its workers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded machine must not turn this into a race
     workers: list = []
     scanned = 0.0
     while time.monotonic() < deadline and proc.poll() is None:
