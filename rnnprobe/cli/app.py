@@ -47,8 +47,11 @@ def _assemble() -> None:
     from rnnprobe.cli.analysis import add_analysis_command
 
     app.command("inspect", epilog=f"Example: {inspect_cmd.EXAMPLE}")(inspect_cmd.inspect)
-    for spec in analyses().values():
-        add_analysis_command(app, spec)
+    # the headline analyses first, in the order a user meets them; any other after, by name
+    first = ("schur", "fixedpoints", "lyapunov", "equivariance", "dynamics")
+    table = analyses()
+    for name in [*[n for n in first if n in table], *[n for n in table if n not in first]]:
+        add_analysis_command(app, table[name])
     app.command("zoo", epilog=f"Example: {zoo_cmd.EXAMPLE}")(zoo_cmd.zoo)
     app.add_typer(report.app, name="report")
 
