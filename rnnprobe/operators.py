@@ -434,6 +434,8 @@ class CircularConvOperator(Operator):
             raise InputError(f"a state of width {shape[-1]} (shape {list(shape)}) does not fit the convolution on "
                              f"{self.channels} x {format_lattice(self.lattice)} = {self.n} units")
         X = x.reshape(-1, self.channels, *self.lattice)
+        if X.shape[0] == 0:  # an empty batch (MKL's FFT refuses one)
+            return x.new_zeros(shape)
         F = torch.fft.rfftn(X, dim=self._dims)
         if self.channels == 1:
             Y = F * M[0, 0]
@@ -587,6 +589,8 @@ class ZeroPaddedConvOperator(Operator):
             raise InputError(f"a state of width {shape[-1]} does not fit the convolution on {self.channels} x "
                              f"{format_lattice(self.lattice)} = {self.n} units")
         X = x.reshape(-1, self.channels, *self.lattice)
+        if X.shape[0] == 0:
+            return x.new_zeros(shape)
         Y = self._fn(transposed)(X, self.weight, padding=self.padding, dilation=self.dilation)
         return Y.reshape(shape)
 

@@ -125,15 +125,18 @@ def test_lattice_parsing_and_messages():
 
 
 def test_dense_form_is_refused_above_the_limit_with_what_to_do():
-    op = CircularConvOperator(torch.zeros(96, 96, dtype=F64))
-    with pytest.raises(DenseTooLarge, match=r"96x96 torus.*9216 units.*0\.679 GB.*4096 units.*lyapunov"):
+    op = CircularConvOperator(torch.zeros(70, 70, dtype=F64))
+    with pytest.raises(DenseTooLarge, match=r"70x70 torus.*4900 units.*0\.192 GB.*4096 units.*lyapunov"):
         op.dense()
-    assert op.dense(limit=10000).shape == (9216, 9216)
+    small = CircularConvOperator(torch.zeros(20, 20, dtype=F64))
+    with pytest.raises(DenseTooLarge, match="limit of 399 units"):
+        small.dense(limit=399)
+    assert small.dense(limit=400).shape == (400, 400)
     cell = ElmanCell(op)
     with pytest.raises(DenseTooLarge):
         cell.jacobian(torch.zeros(1, op.n, dtype=F64))
     assert "W_hh_kernel" in cell.arrays() and "W_hh" not in cell.arrays()
-    assert cell.attrs()["lattice"] == "96x96" and cell.attrs()["recurrent"] == "circular-conv"
+    assert cell.attrs()["lattice"] == "70x70" and cell.attrs()["recurrent"] == "circular-conv"
 
 
 def _cells(form, nonlinearity, C=2, lattice=(4, 5)):

@@ -15,6 +15,14 @@ and the memory basis of the variable-binding view of RNNs (``W_hh = Xi Phi Xi^+`
 columns of Xi the stored memories, Phi their interaction; linearised at a fixed
 point, ``J = Xi Phi Xi^+``), with the input map ``Xi^+ B``, the readout map
 ``W_r Xi`` and a test for a cyclic shift of memory subspaces (repeat copy).
+
+At lattice scale (a convolutional W_hh beyond the dense size limit, or any
+state too large for explicit Jacobians; :func:`rnnprobe.numerics.fixedpoints.dense_jacobian_feasible`)
+everything stays matrix-free: Newton-Krylov (GMRES on Jacobian-vector
+products) finds the points, and each point gets its ``--n-eigs`` leading
+eigenvalues (exact from the FFT where J is itself a circular convolution, e.g.
+at a translation-invariant point; ARPACK elsewhere) instead of the full
+Jacobian; no memory basis is formed (it needs the dense J).
 """
 
 from __future__ import annotations
@@ -80,6 +88,9 @@ class FixedpointsOptions(Options):
         "Largest angle error (radians) of a cycle's eigenvalue from an s-th root of unity."))
     max_unconverged: float | None = option(None, min=0.0, max=1.0, help=(
         "Gate: exit 1 when more than this fraction of the candidates is unconverged."))
+    n_eigs: int = option(16, min=1, help=(
+        "Leading eigenvalues per point when the Jacobian is too large to form (lattice-scale convolutions): "
+        "exact by FFT at translation-invariant points, ARPACK elsewhere."))
 
     def check(self) -> None:
         if self.slow_tol < self.tol:
@@ -368,10 +379,16 @@ def _pca(traj: torch.Tensor | None, gen: torch.Generator) -> dict:
     if traj is None:
         return {}
     X = traj.reshape(-1, traj.shape[-1])
-    if X.shape[0] > 8192:
-        X = X[torch.randperm(X.shape[0], generator=gen, device=X.device)[:8192]]
+    rows = 8192 if X.shape[1] <= 4096 else max(64, 2**25 // X.shape[1])  # lattice-scale states: fewer rows
+    if X.shape[0] > rows:
+        X = X[torch.randperm(X.shape[0], generator=gen, device=X.device)[:rows]]
     mean = X.mean(0)
-    _, sv, Vh = torch.linalg.svd(X - mean, full_matrices=False)
+    if X.shape[1] > 4096:  # three axes of a lattice-scale state: a randomized SVD, not a full one
+        _, sv, V = torch.svd_lowrank(X - mean, q=min(8, min(X.shape)), niter=4)
+        Vh = V.T
+        sv = torch.cat([sv, ((X - mean) ** 2).sum().sub(sv.pow(2).sum()).clamp_min(0).sqrt()[None]])
+    else:
+        _, sv, Vh = torch.linalg.svd(X - mean, full_matrices=False)
     k = min(3, Vh.shape[0])
     comps = Vh[:k]
     var = sv**2
@@ -430,6 +447,8 @@ def run(model: Model, options: FixedpointsOptions, ctx: RunContext) -> Fixedpoin
     elif n_unc:
         ctx.warn(f"{n_unc} of {fps.n_candidates} candidates did not converge (q > --slow-tol); "
                  "they are labelled unconverged and are not reported as points")
+    if not fp.dense_jacobian_feasible(cell):
+        return _run_matrix_free(model, options, ctx, fps, conds, cond, traj, source, n_unc)
     lin = fp.linearize(cell, fps.states, fps.inputs, eigenvectors=(isinstance(basis, str) and basis == "eigen"))
     codes, n_unstable, n_marginal = fp.classify(lin.eigenvalues, options.marginal_tol)
     tau = fp.time_constants(lin.eigenvalues)
@@ -475,6 +494,59 @@ def run(model: Model, options: FixedpointsOptions, ctx: RunContext) -> Fixedpoin
         ct = n((lin.eigenvalues - 1.0) / cell.alpha)
     solver = dict(fps.stats)
     solver.pop("active", None)
+    return FixedpointsResult(
+        states=n(fps.states), q=n(fps.q), label=n(fps.labels), count=n(fps.counts), condition=n(fps.groups),
+        inputs=n(conds), jacobians=n(lin.jacobians), input_jacobians=n(lin.input_jacobians),
+        eigenvalues=n(lin.eigenvalues), stability=n(codes), n_unstable=n(n_unstable), n_marginal=n(n_marginal),
+        max_abs_eig=n(lin.eigenvalues.abs()[:, 0]) if K else np.zeros(0), time_constants=n(tau),
+        tau_max=n(slowest), candidate_q=n(fps.candidate_q), candidate_label=n(fps.candidate_labels),
+        candidate_point=n(fps.candidate_point), candidate_condition=n(cond),
+        memory_basis=memory, pca=_pca(traj, ctx.generator(2)), solver=solver,
+        n_candidates=fps.n_candidates, n_fixed=fps.n_label(fp.FIXED), n_slow=fps.n_label(fp.SLOW),
+        n_unconverged=n_unc, n_unique=K, scale=fps.scale, initial_states_source=source,
+        time_constants_time=None if dt is None else n(tau) * dt,
+        tau_max_time=None if dt is None else n(slowest) * dt,
+        ct_eigenvalues=ct, dt=dt,
+    )
+
+
+def _run_matrix_free(model: Model, options: FixedpointsOptions, ctx: RunContext, fps, conds, cond, traj, source,
+                     n_unc: int) -> FixedpointsResult:
+    """The linearisation and result when the dense Jacobian is not formed (lattice-scale models)."""
+    cell = model.cell
+    K, S = fps.n_unique, cell.n_state
+    if options.basis != "eigen":
+        ctx.warn(f"--basis {options.basis}: no memory basis at this size (it needs the dense {S} x {S} Jacobian)")
+    lin, info = fp.linearize_matrix_free(cell, fps.states, fps.inputs, k=options.n_eigs)
+    k = lin.eigenvalues.shape[-1]
+    codes, n_unstable, n_marginal = fp.classify(lin.eigenvalues, options.marginal_tol)
+    codes[codes == fp.REPELLER] = fp.SADDLE  # all k leading unstable says nothing about the other S - k
+    for i, (m, c) in enumerate(zip(info["method"], info["converged"])):
+        if c < k:
+            ctx.warn(f"point {i}: ARPACK converged {c} of the {k} leading eigenvalues (many share the largest "
+                     "modulus); the rest are NaN and its stability counts are lower bounds")
+        if int(n_unstable[i]) == k:
+            ctx.warn(f"point {i}: all {k} computed eigenvalues are unstable: n_unstable is at least {k} "
+                     "(raise --n-eigs)")
+    tau = fp.time_constants(lin.eigenvalues)
+    slowest = torch.nan_to_num(tau.abs(), nan=0.0).amax(-1) if K else tau.new_zeros(0)
+    n = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    nan = np.full(K, np.nan)
+    memory = {
+        "basis": f"none (matrix-free: the {S} x {S} Jacobian is not formed)",
+        "condition": nan, "reconstruction_error": nan,
+        "cyclic_period": np.zeros(K, dtype=np.int64), "cyclic_kappa": np.zeros(K, dtype=np.int64),
+        "cyclic_residual": nan, "cyclic_modulus": nan, "cyclic_angle_error": nan,
+        "cyclic_points": np.zeros(0, dtype=np.int64), "cyclic_basis": np.zeros((0, S, 0)),
+    }
+    dt = model.dt
+    ct = None
+    if isinstance(cell, ElmanCell) and (cell.form == "residual" or cell.alpha < 1.0):
+        ct = n((lin.eigenvalues - 1.0) / cell.alpha)
+    solver = dict(fps.stats)
+    solver.pop("active", None)
+    solver.update({"linearization": "matrix-free", "eigenvalues_method": list(info["method"]),
+                   "eigenvalues_converged": list(info["converged"]), "n_eigs": k})
     return FixedpointsResult(
         states=n(fps.states), q=n(fps.q), label=n(fps.labels), count=n(fps.counts), condition=n(fps.groups),
         inputs=n(conds), jacobians=n(lin.jacobians), input_jacobians=n(lin.input_jacobians),

@@ -39,7 +39,7 @@ def _pca_figure(result) -> Figure:
     span = np.ptp(traj.reshape(-1, traj.shape[-1]), axis=0).max() if traj.size else 1.0
     directions = {}
     for i in range(result.n_unique):
-        if int(result.n_unstable[i]) > 0:
+        if int(result.n_unstable[i]) > 0 and np.asarray(result.jacobians).size:  # none when matrix-free
             directions[i] = [v @ comps.T for v in _unstable_directions(result.jacobians[i], int(result.n_unstable[i]))]
     for j, (a, b) in enumerate(pairs):
         ax = fig.add_subplot(1, len(pairs), j + 1)
@@ -110,5 +110,6 @@ def plot(result, model) -> dict[str, Figure]:
     if result.pca:
         figs["points"] = _pca_figure(result)
     figs["eigenvalues"] = _eigen_figure(result)
-    figs["phi"] = _phi_figure(result)
+    if result.memory_basis.get("Phi") is not None:  # no memory basis when the Jacobian is matrix-free
+        figs["phi"] = _phi_figure(result)
     return figs
