@@ -438,7 +438,7 @@ class CircularConvOperator(Operator):
             return x.new_zeros(shape)
         F = torch.fft.rfftn(X, dim=self._dims)
         if self.channels == 1:
-            Y = F * M[0, 0]
+            Y = F * M[0, 0] if (F.requires_grad or M.requires_grad) else F.mul_(M[0, 0])
         else:
             Y = torch.einsum("oi...,bi...->bo...", M, F)
         return torch.fft.irfftn(Y, s=self.lattice, dim=self._dims).reshape(shape)

@@ -361,6 +361,14 @@ def test_fixed_points_matrix_free_against_the_scalar_equation_and_the_dense_spec
     ref2 = np.linalg.eigvals(cell2.jacobian(fps2.states[:1])[0].numpy())
     assert info2["method"] == ["arnoldi"]
     np.testing.assert_allclose(np.abs(lin2.eigenvalues[0].numpy()), np.sort(np.abs(ref2))[::-1][:4], rtol=1e-8)
+    # all moduli within 1e-6 (an orthogonal W_hh, a nearly uniform gain): ARPACK does not converge and
+    # reports nothing rather than Ritz values that need not be the leading ones
+    G = nconv.antisymmetrize(place_stencil(torch.randn(3, 3, generator=torch.Generator().manual_seed(0),
+                                                       dtype=F64), (32, 32)))
+    cell3 = ElmanCell(CircularConvOperator(nconv.conv_exp(G)), b=0.1 + 1e-6 * torch.linspace(-1, 1, 1024, dtype=F64))
+    fps3 = nfp.find_fixed_points(cell3, None, torch.zeros(1, 1024, dtype=F64))
+    lin3, info3 = nfp.linearize_matrix_free(cell3, fps3.states, k=4, maxiter=2)
+    assert info3 == {"method": ["arnoldi"], "converged": [0], "k": 4} and torch.isnan(lin3.eigenvalues).all()
 
 
 def test_fixedpoints_analysis_stays_matrix_free_at_lattice_scale(tmp_path):

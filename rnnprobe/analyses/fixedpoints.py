@@ -175,7 +175,7 @@ class FixedpointsResult(Result):
             d = {
                 "q": float(self.q[i]),
                 "label": fp.LABELS[int(self.label[i])],
-                "stability": fp.STABILITY[int(self.stability[i])],
+                "stability": (fp.STABILITY + ("unknown",))[int(self.stability[i])],
                 "n_unstable": int(self.n_unstable[i]),
                 "n_marginal": int(self.n_marginal[i]),
                 "max_abs_eig": float(self.max_abs_eig[i]),
@@ -212,6 +212,7 @@ class FixedpointsResult(Result):
             "n_marginal": int((stab == fp.MARGINAL).sum()),
             "n_saddle": int((stab == fp.SADDLE).sum()),
             "n_repeller": int((stab == fp.REPELLER).sum()),
+            "n_unknown": int((stab == fp.UNKNOWN).sum()),
             "max_q": float(self.q.max()) if self.n_unique else None,
             "inputs": self.inputs.tolist(),
             "initial_states": self.initial_states_source,
@@ -521,10 +522,11 @@ def _run_matrix_free(model: Model, options: FixedpointsOptions, ctx: RunContext,
     k = lin.eigenvalues.shape[-1]
     codes, n_unstable, n_marginal = fp.classify(lin.eigenvalues, options.marginal_tol)
     codes[codes == fp.REPELLER] = fp.SADDLE  # all k leading unstable says nothing about the other S - k
+    codes[torch.as_tensor(info["converged"], device=codes.device) < k] = fp.UNKNOWN
     for i, (m, c) in enumerate(zip(info["method"], info["converged"])):
         if c < k:
-            ctx.warn(f"point {i}: ARPACK converged {c} of the {k} leading eigenvalues (many share the largest "
-                     "modulus); the rest are NaN and its stability counts are lower bounds")
+            ctx.warn(f"point {i}: ARPACK did not converge the {k} leading eigenvalues (many share the largest "
+                     "modulus): they are NaN and the point's stability is 'unknown' (try another --n-eigs)")
         if int(n_unstable[i]) == k:
             ctx.warn(f"point {i}: all {k} computed eigenvalues are unstable: n_unstable is at least {k} "
                      "(raise --n-eigs)")
@@ -559,7 +561,7 @@ def _run_matrix_free(model: Model, options: FixedpointsOptions, ctx: RunContext,
         n_unconverged=n_unc, n_unique=K, scale=fps.scale, initial_states_source=source,
         time_constants_time=None if dt is None else n(tau) * dt,
         tau_max_time=None if dt is None else n(slowest) * dt,
-        ct_eigenvalues=ct, dt=dt,
+        ct_eigenvalues=ct, dt=dt, stability_codes=",".join(fp.STABILITY + ("unknown",)),
     )
 
 
