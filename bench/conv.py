@@ -24,8 +24,8 @@ on an L x L torus, one channel, ``G = (U - U~)/2`` from a 5 x 5 stencil
    candidates and the 16 leading eigenvalues of each point (FFT at the
    translation-invariant points), then the same with a site-dependent bias
    (ARPACK), and ``rnnprobe fixedpoints``'s analysis function end to end
-   (trajectory sampling, PCA); at 32 x 32 the dense-Jacobian solver on the
-   same network for comparison.
+   (trajectory sampling, PCA); at 32 x 32 the solver's default mode (merging,
+   explicit Jacobians allowed) on the dense W_hh of the same network.
 4. dense: ``ElmanCell.step_and_jvp`` at N = 1024 (B = 8, k = 16 and 64)
    against the same products written inline (the floor: one GEMM over the
    state and all tangent columns); with ``--before REV`` also against the
@@ -250,9 +250,11 @@ def main() -> int:
         lin2, info2 = nfp.linearize_matrix_free(cell2, fps2.states[:2], k=16)
         t2 = time.perf_counter()
         res["ramp"] = {"solve_s": t1 - t0, "linearize_s": t2 - t1, "n_unique": fps2.n_unique,
+                       "n_fixed_candidates": fps2.n_label(nfp.FIXED), "n_slow_candidates": fps2.n_label(nfp.SLOW),
                        "max_q": float(fps2.q.max()) if fps2.n_unique else None, "methods": info2["method"],
                        "converged": info2["converged"], "newton": fps2.stats["newton_iterations"]}
-        log(f"fixedpoints {L}x{L} site-dependent bias: {t1 - t0:.1f} s solve ({fps2.n_unique} point(s)), "
+        log(f"fixedpoints {L}x{L} site-dependent bias: {t1 - t0:.1f} s solve ({fps2.n_unique} point(s); candidates "
+            f"{fps2.n_label(nfp.FIXED)} fixed, {fps2.n_label(nfp.SLOW)} slow), "
             f"{t2 - t1:.1f} s linearisation of {min(2, fps2.n_unique)} ({info2['method']}, converged "
             f"{info2['converged']})")
         t0 = time.perf_counter()
@@ -268,9 +270,10 @@ def main() -> int:
         t1 = time.perf_counter()
         b = nfp.find_fixed_points(small.replace(W_hh=small.op.dense()), None, xs)
         t2 = time.perf_counter()
-        res["small"] = {"L": 32, "candidates": 64, "matrix_free_s": t1 - t0, "dense_jacobians_s": t2 - t1,
+        res["small"] = {"L": 32, "candidates": 64, "matrix_free_s": t1 - t0, "dense_mode_s": t2 - t1,
                         "points": [a.n_unique, b.n_unique], "direct_steps_dense": b.stats["direct_steps"]}
-        log(f"fixedpoints 32x32, 64 candidates: matrix-free {t1 - t0:.2f} s, dense Jacobians {t2 - t1:.2f} s "
+        log(f"fixedpoints 32x32, 64 candidates: matrix-free {t1 - t0:.2f} s, default mode on the dense W_hh "
+            f"(merging, explicit Jacobians allowed: {b.stats['direct_steps']} direct steps) {t2 - t1:.2f} s "
             f"({a.n_unique} vs {b.n_unique} points)")
         out["sections"]["fixedpoints"] = res
         floor()
