@@ -147,7 +147,7 @@ def from_symbol(M: torch.Tensor, ndim: int, *, real: bool = True) -> torch.Tenso
 
 def place_stencil(stencil: torch.Tensor, lattice: tuple[int, ...], center=None, *,
                   dilation=1) -> torch.Tensor:
-    """A small stencil ``[C, C, *k]`` (or ``[*k]``) as a full lattice kernel ``[C, C, *L]`` (or ``[*L]``), circular offsets.
+    """A small stencil ``[C, C, *k]`` (or ``[*k]``) as a lattice kernel ``[C, C, *L]`` (or ``[*L]``), circular offsets.
 
     Entry ``j`` (per axis) multiplies the site at offset ``dilation * j - center``
     (cross-correlation): ``center`` defaults to ``k // 2`` per axis, which is

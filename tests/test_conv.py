@@ -216,8 +216,6 @@ def test_bipartite_file_runs_the_papers_xp_recursion(tmp_path):
 
 
 def test_safetensors_kernel_with_lattice_metadata_and_a_named_key(tmp_path):
-    from rnnprobe.checkpoints.safetensors_format import DTYPES  # noqa: F401 - the format is readable
-
     K = np.random.default_rng(3).standard_normal((3, 3)).astype(np.float32)
     header = {"conv.weight": {"dtype": "F32", "shape": [1, 1, 3, 3], "data_offsets": [0, 36]},
               "__metadata__": {"lattice": "4x6"}}

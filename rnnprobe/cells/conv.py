@@ -78,7 +78,8 @@ class ConvUnitaryCell(nn.Module):
                  n_outputs: int = 0, nonlinearity: str = "tanh", scale: float = 0.3):
         super().__init__()
         if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"ConvUnitaryCell nonlinearity={nonlinearity!r} must be one of {', '.join(NONLINEARITIES)}")
+            raise ValueError(f"ConvUnitaryCell nonlinearity={nonlinearity!r} must be one of "
+                             f"{', '.join(NONLINEARITIES)}")
         if channels < 1 or kernel_size < 1 or n_inputs < 0 or n_outputs < 0:
             raise ValueError(f"ConvUnitaryCell needs channels >= 1, kernel_size >= 1 and n_inputs, n_outputs >= 0; "
                              f"got channels={channels}, kernel_size={kernel_size}, n_inputs={n_inputs}, "
