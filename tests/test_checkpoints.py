@@ -117,6 +117,17 @@ def test_nonlinearity_relu_from_sidecar_and_option(tmp_path):
     assert any("hyper_parameters.alpha" in n for n in m.notes)
 
 
+def test_empty_sidecar_is_no_sidecar(tmp_path):
+    # `rnnprobe schur net.pt --json > net.json` creates an empty net.json before the load
+    net = Net("RNN", seed=2)
+    p = tmp_path / "net.pt"
+    torch.save(net.state_dict(), p)
+    (tmp_path / "net.json").write_text("")
+    model = load_checkpoint(p)
+    assert model.task is None
+    _check_against_torch(model, net)
+
+
 @pytest.mark.parametrize("kind", ["RNNCell", "GRUCell", "LSTMCell"])
 def test_torch_cell_modules(tmp_path, kind):
     torch.manual_seed(3)

@@ -77,6 +77,8 @@ def read_sidecar(path: str | Path) -> dict:
 
 def _parse(side: Path) -> dict:
     size = side.stat().st_size
+    if size == 0:  # e.g. `rnnprobe ... --json > net.json` beside net.pt: an empty file says nothing
+        return {}
     if size > MAX_SIDECAR_BYTES:
         raise InputError(f"sidecar is {size} bytes (limit {MAX_SIDECAR_BYTES}); a sidecar holds a few settings, "
                          "not data: remove or shrink it", path=side)
