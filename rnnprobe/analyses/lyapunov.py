@@ -386,7 +386,10 @@ def _tangent(cell: Cell, options: LyapunovOptions, ctx: RunContext, est: lyap.Ly
     B, g = lam.shape
     mean = _nanmean(lam, axis=0)
     se = _nanse(lam, axis=0)
-    gap = np.where(np.isfinite(mean), np.maximum(0.0, -mean), np.nan)
+    # a gap inside the estimate's own scatter (or at roundoff level) is no gap: report 0 and an
+    # infinite lifetime rather than 1e20 steps from a 1e-21 exponent
+    resolved = np.where(np.isfinite(se), np.maximum(3.0 * se, 1e-12), 1e-12)
+    gap = np.where(np.isfinite(mean), np.where(-mean > resolved, -mean, 0.0), np.nan)
     with np.errstate(divide="ignore"):
         predicted = np.where(gap > 0, 1.0 / np.where(gap > 0, gap, 1.0), np.inf)
     predicted[~np.isfinite(gap)] = np.nan
