@@ -159,7 +159,7 @@ def analyze(spec: AnalysisSpec, checkpoint: str | Path, options, settings: RunSe
     figures = {}
     if settings.plots and spec.plot is not None:
         try:
-            figures = spec.plot(result, model)
+            figures = spec.plot_function()(result, model)
         except Exception as e:  # a plot must never cost the user the report
             ctx.warn(f"plots failed ({type(e).__name__}: {e}); the report is complete without them")
     sha = ""

@@ -276,7 +276,7 @@ def test_report_layout_and_summary(tmp_path, limit_cycle_result):
 
         f.visititems(no_bool_or_complex)
     # a limit cycle's report holds the cycle, its flow orbit and the multipliers
-    figs = D.ANALYSIS.plot(limit_cycle_result, None)
+    figs = D.ANALYSIS.plot_function()(limit_cycle_result, None)
     assert sorted(figs) == ["floquet", "trajectories"]
     assert limit_cycle_result.cycles["cycle_0"]["states"].shape[1] == 3
 

@@ -258,7 +258,9 @@ class AnalysisSpec:
         example: a worked example shown at the end of ``--help``.
         options: the Options dataclass.
         run: ``run(model, options, ctx) -> Result``.
-        plot: ``plot(result, model) -> {name: Figure}`` or None.
+        plot: ``plot(result, model) -> {name: Figure}``, or ``"module:function"`` naming
+            it (imported only when plots are drawn, so matplotlib stays out of
+            runs that make none), or None.
         gate: ``gate(result, options) -> [failure messages]`` for exit 1, or None.
         uses_task: whether ``--task/--data`` mean anything to it (shown in help).
         render: ``render(summary) -> rich renderable`` for the terminal, or None
@@ -271,7 +273,16 @@ class AnalysisSpec:
     run: Callable
     example: str
     description: str = ""
-    plot: Callable | None = None
+    plot: Callable | str | None = None
     gate: Callable | None = None
     uses_task: bool = True
     render: Callable | None = None
+
+    def plot_function(self) -> Callable | None:
+        """The plot function, imported if the spec names it."""
+        if self.plot is None or callable(self.plot):
+            return self.plot
+        import importlib
+
+        module, _, name = self.plot.partition(":")
+        return getattr(importlib.import_module(module), name)

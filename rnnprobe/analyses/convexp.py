@@ -153,11 +153,6 @@ def gate(result: ConvexpResult, options: ConvexpOptions) -> list[str]:
     return []
 
 
-def _plot(result, model):
-    from rnnprobe.plots.convexp import plot
-
-    return plot(result, model)
-
 
 ANALYSIS = AnalysisSpec(
     name="convexp",
@@ -172,7 +167,7 @@ ANALYSIS = AnalysisSpec(
     options=ConvexpOptions,
     run=run,
     example="rnnprobe convexp sample_checkpoints/conv_orth.npz --function exp --t 1",
-    plot=_plot,
+    plot="rnnprobe.plots.convexp:plot",
     gate=gate,
     uses_task=False,
 )

@@ -1260,11 +1260,6 @@ def gate(result: DynamicsResult, options: DynamicsOptions) -> list[str]:
     return failures
 
 
-def _plot(result, model):
-    from rnnprobe.plots.dynamics import plot
-
-    return plot(result, model)
-
 
 ANALYSIS = AnalysisSpec(
     name="dynamics",
@@ -1280,7 +1275,7 @@ ANALYSIS = AnalysisSpec(
     options=DynamicsOptions,
     run=run,
     example="rnnprobe dynamics sample_checkpoints/osc_rnn.pt --expect limit_cycle",
-    plot=_plot,
+    plot="rnnprobe.plots.dynamics:plot",
     gate=gate,
     uses_task=True,
 )

@@ -576,11 +576,6 @@ def gate(result: EquivarianceResult, options: EquivarianceOptions) -> list[str]:
     return []
 
 
-def _plot(result, model):
-    from rnnprobe.plots.equivariance import plot
-
-    return plot(result, model)
-
 
 ANALYSIS = AnalysisSpec(
     name="equivariance",
@@ -595,7 +590,7 @@ ANALYSIS = AnalysisSpec(
     options=EquivarianceOptions,
     run=run,
     example="rnnprobe equivariance sample_checkpoints/s1_polar.pt --max-error 1e-7",
-    plot=_plot,
+    plot="rnnprobe.plots.equivariance:plot",
     gate=gate,
     uses_task=True,
 )

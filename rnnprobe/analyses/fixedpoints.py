@@ -575,11 +575,6 @@ def gate(result: FixedpointsResult, options: FixedpointsOptions) -> list[str]:
     return []
 
 
-def _plot(result, model):
-    from rnnprobe.plots.fixedpoints import plot
-
-    return plot(result, model)
-
 
 ANALYSIS = AnalysisSpec(
     name="fixedpoints",
@@ -595,7 +590,7 @@ ANALYSIS = AnalysisSpec(
     options=FixedpointsOptions,
     run=run,
     example="rnnprobe fixedpoints sample_checkpoints/flipflop_rnn64.pt --n-init 512 --noise 0.5",
-    plot=_plot,
+    plot="rnnprobe.plots.fixedpoints:plot",
     gate=gate,
     uses_task=True,
 )

@@ -41,7 +41,6 @@ from rnnprobe.errors import InputError
 from rnnprobe.groups import parse_group
 from rnnprobe.model import Model
 from rnnprobe.numerics import lyapunov as lyap
-from rnnprobe.plots.lyapunov import plot
 
 __all__ = ["LyapunovOptions", "LyapunovResult", "CLASSES", "run", "gate", "ANALYSIS"]
 
@@ -480,7 +479,7 @@ ANALYSIS = AnalysisSpec(
     options=LyapunovOptions,
     run=run,
     example="rnnprobe lyapunov sample_checkpoints/flipflop_rnn64.pt --k 8 --steps 5000",
-    plot=plot,
+    plot="rnnprobe.plots.lyapunov:plot",
     gate=gate,
     uses_task=True,
 )

@@ -873,19 +873,6 @@ def render(summary: dict):
     return rows_table(cols, rows, title=title)
 
 
-def _plot(result, model):
-    from rnnprobe.plots.schur import plot
-
-    if result.method == "fft":
-        from rnnprobe.plots.convexp import spectrum_figure
-        from rnnprobe.plots.schur import _eigenvalues
-
-        return {"eigenvalues": _eigenvalues(result),
-                "spectrum": spectrum_figure(result.symbol_modulus, "|eigenvalue| over the lattice's frequencies "
-                                            "(FFT of the kernel)")}
-    return plot(result, model)
-
-
 ANALYSIS = AnalysisSpec(
     name="schur",
     help="Ordered real Schur form of W_hh, nonnormality, block-coupling ablation.",
@@ -901,7 +888,7 @@ ANALYSIS = AnalysisSpec(
     options=SchurOptions,
     run=run,
     example="rnnprobe schur sample_checkpoints/copy_rnn64.pt --ablate couplings",
-    plot=_plot,
+    plot="rnnprobe.plots.schur:plot",
     gate=gate,
     uses_task=True,
     render=render,

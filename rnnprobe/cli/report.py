@@ -30,7 +30,7 @@ def _tree(label: str, g: dict) -> Tree:
     return t
 
 
-@app.command("show", epilog="Example: rnnprobe report show rnnprobe-reports/copy_rnn64.schur.h5")
+@app.command("show", epilog="Example: rnnprobe report show rnnprobe-reports/copy16_rnn64.schur.h5")
 def show(
     report: Annotated[Path, typer.Argument(help="An .h5 report written by rnnprobe.", dir_okay=False)],
     json_: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,

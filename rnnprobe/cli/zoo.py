@@ -25,7 +25,7 @@ from rnnprobe.errors import EXIT_ANALYSIS, EXIT_GATE, InputError
 
 __all__ = ["zoo", "report_table", "EXAMPLE", "PLAIN_EVERY", "MAX_TABLE_ROWS"]
 
-EXAMPLE = "rnnprobe zoo sample_checkpoints --analyses schur --jobs 2 --fail-if 'schur.spectral_radius > 1.05'"
+EXAMPLE = "rnnprobe zoo sample_checkpoints --include 'copy*' --analyses schur,lyapunov --jobs 2 --fail-if 'schur.spectral_radius > 1.05'"
 PLAIN_EVERY = 10.0
 MAX_TABLE_ROWS = 100
 ZOO = "Zoo"

@@ -123,6 +123,12 @@ def _pairs(result) -> Figure:
 
 def plot(result, model) -> dict[str, Figure]:
     """The figures of a :class:`rnnprobe.analyses.schur.SchurResult`."""
+    if result.method == "fft":  # a convolution: no Schur vectors, the spectrum over the lattice's frequencies
+        from rnnprobe.plots.convexp import spectrum_figure
+
+        return {"eigenvalues": _eigenvalues(result),
+                "spectrum": spectrum_figure(result.symbol_modulus,
+                                            "|eigenvalue| over the lattice's frequencies (FFT of the kernel)")}
     figs = {"T": _heatmap(result), "eigenvalues": _eigenvalues(result)}
     if result.ablations:
         figs["ablation"] = _bars(result)
