@@ -31,7 +31,6 @@ import dataclasses
 import importlib
 import json
 import math
-import os
 import pkgutil
 import platform
 import time
@@ -44,6 +43,7 @@ from torch import nn
 
 from rnnprobe._version import __version__
 from rnnprobe.errors import InputError
+from rnnprobe.report.writer import atomic_path
 from rnnprobe.tasks import TaskData, make_task
 
 __all__ = [
@@ -55,6 +55,9 @@ __all__ = [
     "produce",
     "write_readme",
     "train_seed",
+    "evaluate",
+    "cell_figures",
+    "write_json",
 ]
 
 
@@ -184,11 +187,24 @@ def masked_mse(outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
 
 
 def evaluate(net: nn.Module, task: TaskData) -> dict:
-    """``net``'s FVU and accuracy on ``task``, computed with a float64 copy of ``net``."""
+    """``net``'s accuracy and FVU on ``task``, computed with a float64 copy of ``net``."""
     net64 = copy.deepcopy(net).to(torch.float64).eval()
     with torch.no_grad():
         outputs = net64(torch.as_tensor(task.inputs, dtype=torch.float64)).numpy()
-    return {"fvu": task.fvu(outputs), "accuracy": task.accuracy(outputs)}
+    return {"accuracy": task.accuracy(outputs), "fvu": task.fvu(outputs)}
+
+
+def cell_figures(cell, task: TaskData) -> dict:
+    """Accuracy and FVU of rnnprobe ``cell`` rolled out on ``task`` from its initial state (in the cell's dtype)."""
+    with torch.no_grad():
+        y = cell.readout(cell.rollout(cell.initial_state(task.batch), torch.as_tensor(task.inputs))).numpy()
+    return {"accuracy": task.accuracy(y), "fvu": task.fvu(y)}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` as indented JSON, under a temporary name renamed when complete."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +224,10 @@ class TrainedSample:
             :func:`train_seed`.
         eval_seed, eval_batch: the held-out trials the sidecar's figures are
             measured on (``make_task(task, batch=eval_batch, seed=eval_seed)``).
+
+    :meth:`produce` trains, then calls :meth:`write_checkpoint`,
+    :meth:`figures` and :meth:`settings`; a subclass that saves in another
+    format or measures its figures another way overrides those.
     """
 
     name: str
@@ -260,27 +280,38 @@ class TrainedSample:
         }
         return net, record
 
+    def write_checkpoint(self, net: nn.Module, meta: dict, path: Path) -> None:
+        """Write the trained ``net`` to ``path``: its state dict, as trained (float32)."""
+        state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def figures(self, net: nn.Module, meta: dict, path: Path) -> dict:
+        """The sidecar's figures on the held-out trials (accuracy, FVU), measured in float64."""
+        return evaluate(net, self.eval_task())
+
+    def settings(self) -> dict:
+        """The training settings the sidecar states."""
+        return {"seed": self.seed, "steps": self.steps, "batch": self.batch, "lr": self.lr, "clip": self.clip}
+
     def produce(self, out: Path, *, log: Callable[[str], None] = print) -> dict:
-        """Train, evaluate, and write ``out/<name>.pt`` and its sidecar; returns the sidecar."""
+        """Train, evaluate, and write ``out/<filename>`` and its sidecar; returns the sidecar."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         net, record = self.train(log=log)
-        scores = evaluate(net, self.eval_task())
-        state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+        meta = net.sidecar()
+        path = out / self.filename
+        self.write_checkpoint(net, meta, path)
+        scores = self.figures(net, meta, path)
         sidecar = {
             "task": make_task(self.task, batch=1, seed=0).spec,
-            **net.sidecar(),
+            **meta,
             "description": self.description,
-            "accuracy": scores["accuracy"],
-            "fvu": scores["fvu"],
+            **scores,
             "eval_seed": self.eval_seed,
             "eval_batch": self.eval_batch,
             "eval_dtype": "float64",
-            "seed": self.seed,
-            "steps": self.steps,
-            "batch": self.batch,
-            "lr": self.lr,
-            "clip": self.clip,
+            **self.settings(),
             "train_seconds": record["train_seconds"],
             "final_loss": record["final_loss"],
             "trained_dtype": "float32",
@@ -288,19 +319,11 @@ class TrainedSample:
             "rnnprobe_version": __version__,
             "machine": platform.machine(),
         }
-        _atomic_write(out / self.filename, lambda p: torch.save(state, p))
-        _atomic_write(out / f"{self.filename}.json",
-                      lambda p: Path(p).write_text(json.dumps(sidecar, indent=2) + "\n"))
+        write_json(out / f"{self.filename}.json", sidecar)
         acc = "" if scores["accuracy"] is None else f"accuracy {scores['accuracy']:.4f}, "
         log(f"{self.filename}: {acc}FVU {scores['fvu']:.3g} on eval seed {self.eval_seed} "
             f"({record['train_seconds']} s)")
         return sidecar
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------
@@ -356,7 +379,8 @@ def write_readme(out: Path) -> Path:
             f"| {meta.get('steps', '')} | {meta.get('train_seconds', '')} | {meta.get('description', '')} |"
         )
     text = README_HEAD + "\n".join(rows) + "\n" + README_TAIL
-    _atomic_write(out / "README.md", lambda p: Path(p).write_text(text))
+    with atomic_path(out / "README.md") as tmp:
+        tmp.write_text(text)
     return out / "README.md"
 
 
