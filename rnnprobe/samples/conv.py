@@ -30,22 +30,17 @@ rnnprobe's loader (for ``conv_orth``: on the exponential computed at load time).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import platform
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from rnnprobe._version import __version__
 from rnnprobe.cells.conv import ConvUnitaryCell
 from rnnprobe.numerics.conv import antisymmetrize, conv_exp
 from rnnprobe.operators import CircularConvOperator, place_stencil
-from rnnprobe.samples import RecurrentNet, TrainedSample
-from rnnprobe.tasks import make_task
+from rnnprobe.report.writer import atomic_path
+from rnnprobe.samples import RecurrentNet, TrainedSample, cell_figures, write_json
 
 __all__ = ["ConvOrthogonalNet", "ConvOrthSample", "SAMPLES", "TASK", "SITES"]
 
@@ -111,24 +106,6 @@ class ConvOrthogonalNet(nn.Module):
         }
 
 
-def _write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _loaded_figures(path: Path, task_spec: str, eval_batch: int, eval_seed: int) -> dict:
-    """FVU and accuracy of the saved file through rnnprobe's loader, in float64."""
-    from rnnprobe.checkpoints import load_checkpoint
-
-    model = load_checkpoint(path)
-    task = make_task(task_spec, batch=eval_batch, seed=eval_seed)
-    with torch.no_grad():
-        cell = model.cell
-        y = cell.readout(cell.rollout(cell.initial_state(task.batch), torch.as_tensor(task.inputs))).numpy()
-    return {"fvu": task.fvu(y), "accuracy": task.accuracy(y)}
-
-
 @dataclasses.dataclass(frozen=True)
 class ConvOrthSample(TrainedSample):
     """:class:`ConvOrthogonalNet` trained by the registry's loop, saved as a raw-kernel ``.npz``."""
@@ -137,45 +114,19 @@ class ConvOrthSample(TrainedSample):
     def filename(self) -> str:
         return f"{self.name}.npz"
 
-    def produce(self, out: Path, *, log: Callable[[str], None] = print) -> dict:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        net, record = self.train(log=log)
+    def write_checkpoint(self, net: nn.Module, meta: dict, path: Path) -> None:
+        """The canonical arrays as an npz, and a first sidecar (what the loader needs to read it)."""
         with torch.no_grad():
             arrays = {k: v.detach().clone().contiguous().numpy() for k, v in net.canonical().items()}
-        path = out / self.filename
-        tmp = out / f"{self.name}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        meta = net.sidecar()
-        side = out / f"{self.filename}.json"
-        _write(side, lambda p: Path(p).write_text(json.dumps({**meta, "task": self.task}) + "\n"))
-        scores = _loaded_figures(path, self.task, self.eval_batch, self.eval_seed)
-        sidecar = {
-            "task": make_task(self.task, batch=1, seed=0).spec,
-            **meta,
-            "description": self.description,
-            "accuracy": scores["accuracy"],
-            "fvu": scores["fvu"],
-            "eval_seed": self.eval_seed,
-            "eval_batch": self.eval_batch,
-            "eval_dtype": "float64",
-            "seed": self.seed,
-            "steps": self.steps,
-            "batch": self.batch,
-            "lr": self.lr,
-            "clip": self.clip,
-            "train_seconds": record["train_seconds"],
-            "final_loss": record["final_loss"],
-            "trained_dtype": "float32",
-            "torch_version": torch.__version__,
-            "rnnprobe_version": __version__,
-            "machine": platform.machine(),
-        }
-        _write(side, lambda p: Path(p).write_text(json.dumps(sidecar, indent=2) + "\n"))
-        log(f"{self.filename}: accuracy {scores['accuracy']:.4f}, FVU {scores['fvu']:.3g} on eval seed "
-            f"{self.eval_seed} ({record['train_seconds']} s)")
-        return sidecar
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        write_json(path.with_name(f"{path.name}.json"), {**meta, "task": self.task})
+
+    def figures(self, net: nn.Module, meta: dict, path: Path) -> dict:
+        """Accuracy and FVU of the saved file through rnnprobe's loader, in float64."""
+        from rnnprobe.checkpoints import load_checkpoint
+
+        return cell_figures(load_checkpoint(path).cell, self.eval_task())
 
 
 def _orth(n_inputs: int, n_outputs: int) -> ConvOrthogonalNet:
