@@ -29,21 +29,16 @@ float64 by rnnprobe's own cell.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import platform
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from rnnprobe._version import __version__
 from rnnprobe.cells import ElmanCell
-from rnnprobe.samples import RecurrentNet, TrainedSample
-from rnnprobe.tasks import make_task
+from rnnprobe.report.writer import atomic_path
+from rnnprobe.samples import RecurrentNet, TrainedSample, cell_figures
 
 __all__ = ["ResidualNet", "OscillatorSample", "SAMPLES", "TASK", "EPS"]
 
@@ -105,12 +100,6 @@ class ResidualNet(nn.Module):
                 "gamma": self.gamma, "init": "A ~ N(0, 1/N)"}
 
 
-def _canonical(net: nn.Module) -> dict[str, torch.Tensor]:
-    if hasattr(net, "canonical_state"):
-        return net.canonical_state()
-    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-
-
 def _cell(state: dict[str, torch.Tensor], meta: dict) -> ElmanCell:
     """rnnprobe's cell on the saved weights, in float64 (the sidecar's figures are measured with it)."""
     s = {k: v.to(torch.float64) for k, v in state.items()}
@@ -120,71 +109,33 @@ def _cell(state: dict[str, torch.Tensor], meta: dict) -> ElmanCell:
                      form="residual" if residual else "leaky", nonlinearity="tanh")
 
 
-def _write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-@dataclasses.dataclass(frozen=True)
-class OscillatorSample:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OscillatorSample(TrainedSample):
     """A network trained on :data:`TASK` by the registry's training loop (:class:`TrainedSample`), saved in
     canonical keys with a sidecar for the dynamics analysis (form, eps, dt, autonomous_input)."""
 
-    name: str
-    description: str
-    network: Callable[[int, int], nn.Module]
     task: str = TASK
     steps: int = 1000
     batch: int = 4
-    lr: float = 3e-3
-    seed: int = 0
-    eval_seed: int = 12345
     eval_batch: int = 64
 
-    @property
-    def filename(self) -> str:
-        return f"{self.name}.pt"
+    def write_checkpoint(self, net: nn.Module, meta: dict, path: Path) -> None:
+        """The state dict in ``nn.RNN`` keys: :meth:`ResidualNet.canonical_state`, or ``nn.RNN``'s own."""
+        if not hasattr(net, "canonical_state"):
+            return super().write_checkpoint(net, meta, path)
+        state = net.canonical_state()
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
 
-    def produce(self, out: Path, *, log: Callable[[str], None] = print) -> dict:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        trainer = TrainedSample(name=self.name, task=self.task, network=self.network, description=self.description,
-                                steps=self.steps, batch=self.batch, lr=self.lr, seed=self.seed,
-                                eval_seed=self.eval_seed, eval_batch=self.eval_batch)
-        net, record = trainer.train(log=log)
-        state = _canonical(net)
-        meta = net.sidecar()
-        task = make_task(self.task, batch=self.eval_batch, seed=self.eval_seed)
-        cell = _cell(state, meta)
-        with torch.no_grad():
-            y = cell.readout(cell.rollout(cell.initial_state(task.batch), torch.as_tensor(task.inputs))).numpy()
-        fvu = task.fvu(y)
-        sidecar = {
-            "task": task.spec,
-            **meta,
-            "description": self.description,
-            "accuracy": task.accuracy(y),
-            "fvu": fvu,
-            "autonomous_input": [float(v) for v in np.unique(task.inputs)],
-            "eval_seed": self.eval_seed,
-            "eval_batch": self.eval_batch,
-            "eval_dtype": "float64",
-            "seed": self.seed,
-            "steps": self.steps,
-            "batch": self.batch,
-            "lr": self.lr,
-            "train_seconds": record["train_seconds"],
-            "final_loss": record["final_loss"],
-            "trained_dtype": "float32",
-            "torch_version": torch.__version__,
-            "rnnprobe_version": __version__,
-            "machine": platform.machine(),
-        }
-        _write(out / self.filename, lambda p: torch.save(state, p))
-        _write(out / f"{self.filename}.json", lambda p: Path(p).write_text(json.dumps(sidecar, indent=2) + "\n"))
-        log(f"{self.filename}: FVU {fvu:.3g} on eval seed {self.eval_seed} ({record['train_seconds']} s)")
-        return sidecar
+    def figures(self, net: nn.Module, meta: dict, path: Path) -> dict:
+        """Accuracy and FVU of the saved float32 weights rolled out in float64 by rnnprobe's cell, and the cue."""
+        task = self.eval_task()
+        cell = _cell(torch.load(path, weights_only=True, map_location="cpu"), meta)
+        return {**cell_figures(cell, task), "autonomous_input": [float(v) for v in np.unique(task.inputs)]}
+
+    def settings(self) -> dict:
+        # these sidecars have never stated clip (training clips at the default 1.0); they keep their keys
+        return {k: v for k, v in super().settings().items() if k != "clip"}
 
 
 def _skew(n_inputs: int, n_outputs: int) -> ResidualNet:
