@@ -25,42 +25,18 @@ def _ctrnn(n_hidden: int, n_inputs: int, n_outputs: int) -> CTRNN:
     return CTRNN(n_inputs, n_hidden, n_outputs, alpha=0.2, nonlinearity="relu")
 
 
+def _tanh_rnn64(name: str, task: str, does: str, steps: int) -> TrainedSample:
+    """A tanh ``nn.RNN`` with N = 64 and an orthogonal W_hh init, trained on ``task``."""
+    return TrainedSample(name=name, task=task, network=partial(_rnn, "rnn", 64),
+                         description=f"tanh nn.RNN, N=64, orthogonal W_hh init: {does}", steps=steps)
+
+
 SAMPLES = [
-    TrainedSample(
-        name="copy_rnn64",
-        task="copy",
-        network=partial(_rnn, "rnn", 64),
-        description="tanh nn.RNN, N=64, orthogonal W_hh init: sees 8 binary symbols, replays them with zero input",
-        steps=3000,
-    ),
-    TrainedSample(
-        name="copy16_rnn64",
-        task="copy:length=16",
-        network=partial(_rnn, "rnn", 64),
-        description="tanh nn.RNN, N=64, orthogonal W_hh init: sees 16 binary symbols, replays them with zero input",
-        steps=5000,
-    ),
-    TrainedSample(
-        name="flipflop_rnn64",
-        task="flipflop",
-        network=partial(_rnn, "rnn", 64),
-        description="tanh nn.RNN, N=64, orthogonal W_hh init: 3-bit flip-flop memory",
-        steps=3000,
-    ),
-    TrainedSample(
-        name="sine_rnn64",
-        task="sine",
-        network=partial(_rnn, "rnn", 64),
-        description="tanh nn.RNN, N=64, orthogonal W_hh init: generates sin(omega t) from a static frequency cue",
-        steps=3000,
-    ),
-    TrainedSample(
-        name="cdi_rnn64",
-        task="cdi",
-        network=partial(_rnn, "rnn", 64),
-        description="tanh nn.RNN, N=64, orthogonal W_hh init: context-dependent integration of two noisy streams",
-        steps=5000,
-    ),
+    _tanh_rnn64("copy_rnn64", "copy", "sees 8 binary symbols, replays them with zero input", 3000),
+    _tanh_rnn64("copy16_rnn64", "copy:length=16", "sees 16 binary symbols, replays them with zero input", 5000),
+    _tanh_rnn64("flipflop_rnn64", "flipflop", "3-bit flip-flop memory", 3000),
+    _tanh_rnn64("sine_rnn64", "sine", "generates sin(omega t) from a static frequency cue", 3000),
+    _tanh_rnn64("cdi_rnn64", "cdi", "context-dependent integration of two noisy streams", 5000),
     TrainedSample(
         name="flipflop_gru",
         task="flipflop",
