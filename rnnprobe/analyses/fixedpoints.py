@@ -454,7 +454,6 @@ def run(model: Model, options: FixedpointsOptions, ctx: RunContext) -> Fixedpoin
     codes, n_unstable, n_marginal = fp.classify(lin.eigenvalues, options.marginal_tol)
     tau = fp.time_constants(lin.eigenvalues)
     slowest = tau.abs().amax(-1) if fps.n_unique else tau.new_zeros(0)
-    K = fps.n_unique
     R = _readout_jacobian(cell, fps.states)
     try:
         mb = fp.memory_basis(lin.jacobians, lin.input_jacobians, R, basis,
@@ -489,26 +488,8 @@ def run(model: Model, options: FixedpointsOptions, ctx: RunContext) -> Fixedpoin
         "cyclic_points": np.asarray(cyc_points, dtype=np.int64),
         "cyclic_basis": cyc_basis,
     }
-    dt = model.dt
-    ct = None
-    if isinstance(cell, ElmanCell) and (cell.form == "residual" or cell.alpha < 1.0):
-        ct = n((lin.eigenvalues - 1.0) / cell.alpha)
-    solver = dict(fps.stats)
-    solver.pop("active", None)
-    return FixedpointsResult(
-        states=n(fps.states), q=n(fps.q), label=n(fps.labels), count=n(fps.counts), condition=n(fps.groups),
-        inputs=n(conds), jacobians=n(lin.jacobians), input_jacobians=n(lin.input_jacobians),
-        eigenvalues=n(lin.eigenvalues), stability=n(codes), n_unstable=n(n_unstable), n_marginal=n(n_marginal),
-        max_abs_eig=n(lin.eigenvalues.abs()[:, 0]) if K else np.zeros(0), time_constants=n(tau),
-        tau_max=n(slowest), candidate_q=n(fps.candidate_q), candidate_label=n(fps.candidate_labels),
-        candidate_point=n(fps.candidate_point), candidate_condition=n(cond),
-        memory_basis=memory, pca=_pca(traj, ctx.generator(2)), solver=solver,
-        n_candidates=fps.n_candidates, n_fixed=fps.n_label(fp.FIXED), n_slow=fps.n_label(fp.SLOW),
-        n_unconverged=n_unc, n_unique=K, scale=fps.scale, initial_states_source=source,
-        time_constants_time=None if dt is None else n(tau) * dt,
-        tau_max_time=None if dt is None else n(slowest) * dt,
-        ct_eigenvalues=ct, dt=dt,
-    )
+    return _result(model, ctx, fps, lin, (codes, n_unstable, n_marginal), tau, slowest, memory,
+                   conds, cond, traj, source, n_unc)
 
 
 def _run_matrix_free(model: Model, options: FixedpointsOptions, ctx: RunContext, fps, conds, cond, traj, source,
@@ -532,7 +513,6 @@ def _run_matrix_free(model: Model, options: FixedpointsOptions, ctx: RunContext,
                      "(raise --n-eigs)")
     tau = fp.time_constants(lin.eigenvalues)
     slowest = torch.nan_to_num(tau.abs(), nan=0.0).amax(-1) if K else tau.new_zeros(0)
-    n = lambda t: t.detach().cpu().numpy()  # noqa: E731
     nan = np.full(K, np.nan)
     memory = {
         "basis": f"none (matrix-free: the {S} x {S} Jacobian is not formed)",
@@ -541,14 +521,31 @@ def _run_matrix_free(model: Model, options: FixedpointsOptions, ctx: RunContext,
         "cyclic_residual": nan, "cyclic_modulus": nan, "cyclic_angle_error": nan,
         "cyclic_points": np.zeros(0, dtype=np.int64), "cyclic_basis": np.zeros((0, S, 0)),
     }
+    solver = {"linearization": "matrix-free", "eigenvalues_method": list(info["method"]),
+              "eigenvalues_converged": list(info["converged"]), "n_eigs": k}
+    return _result(model, ctx, fps, lin, (codes, n_unstable, n_marginal), tau, slowest, memory,
+                   conds, cond, traj, source, n_unc, solver=solver,
+                   stability_codes=",".join(fp.STABILITY + ("unknown",)))
+
+
+def _result(model: Model, ctx: RunContext, fps, lin, classified, tau, slowest, memory: dict, conds, cond, traj,
+            source, n_unc: int, *, solver: dict | None = None, **extra) -> FixedpointsResult:
+    """The result of either linearisation (dense or matrix-free) of the points ``fps``.
+
+    ``classified`` is :func:`fp.classify`'s ``(codes, n_unstable, n_marginal)``; ``solver`` is added to the
+    solver's statistics and ``extra`` to the result's fields.
+    """
+    cell = model.cell
+    K = fps.n_unique
+    codes, n_unstable, n_marginal = classified
+    n = lambda t: t.detach().cpu().numpy()  # noqa: E731
     dt = model.dt
     ct = None
     if isinstance(cell, ElmanCell) and (cell.form == "residual" or cell.alpha < 1.0):
         ct = n((lin.eigenvalues - 1.0) / cell.alpha)
-    solver = dict(fps.stats)
-    solver.pop("active", None)
-    solver.update({"linearization": "matrix-free", "eigenvalues_method": list(info["method"]),
-                   "eigenvalues_converged": list(info["converged"]), "n_eigs": k})
+    stats = dict(fps.stats)
+    stats.pop("active", None)
+    stats.update(solver or {})
     return FixedpointsResult(
         states=n(fps.states), q=n(fps.q), label=n(fps.labels), count=n(fps.counts), condition=n(fps.groups),
         inputs=n(conds), jacobians=n(lin.jacobians), input_jacobians=n(lin.input_jacobians),
@@ -556,12 +553,12 @@ def _run_matrix_free(model: Model, options: FixedpointsOptions, ctx: RunContext,
         max_abs_eig=n(lin.eigenvalues.abs()[:, 0]) if K else np.zeros(0), time_constants=n(tau),
         tau_max=n(slowest), candidate_q=n(fps.candidate_q), candidate_label=n(fps.candidate_labels),
         candidate_point=n(fps.candidate_point), candidate_condition=n(cond),
-        memory_basis=memory, pca=_pca(traj, ctx.generator(2)), solver=solver,
+        memory_basis=memory, pca=_pca(traj, ctx.generator(2)), solver=stats,
         n_candidates=fps.n_candidates, n_fixed=fps.n_label(fp.FIXED), n_slow=fps.n_label(fp.SLOW),
         n_unconverged=n_unc, n_unique=K, scale=fps.scale, initial_states_source=source,
         time_constants_time=None if dt is None else n(tau) * dt,
         tau_max_time=None if dt is None else n(slowest) * dt,
-        ct_eigenvalues=ct, dt=dt, stability_codes=",".join(fp.STABILITY + ("unknown",)),
+        ct_eigenvalues=ct, dt=dt, **extra,
     )
 
 
