@@ -406,21 +406,9 @@ def nonnormality(W: np.ndarray, T: np.ndarray, *, steps: int = 200, device="cpu"
         kappa = math.inf
     norms, _ = ns.power_norms(T, steps, device=device) if steps > 0 else (np.zeros(0), False)
     norm2 = float(norms[0]) if norms.size else float(np.linalg.norm(W, 2)) if n else 0.0
-    stats = {
-        "henrici": henrici,
-        "henrici_couplings": ncoup,
-        "henrici_blocks": nblocks,
-        "henrici_relative": henrici / wf if wf > 0 else 0.0,
-        "coupling_fraction": ncoup / tf if tf > 0 else 0.0,
-        "commutator": comm,
-        "eigvec_condition": kappa,
-        "norm2": norm2,
-        "norm2_over_rho": norm2 / rho if rho > 0 else math.inf,
-        "transient_amplification": float(norms.max()) if norms.size else None,
-        "transient_argmax": int(np.argmax(norms)) + 1 if norms.size else None,
-        "transient_steps": int(steps),
-        "transient_computed": int(norms.size),
-    }
+    stats = ns.nonnormality_stats(henrici=henrici, couplings=ncoup, blocks=nblocks, frobenius=wf,
+                                  coupling_fraction=ncoup / tf if tf > 0 else 0.0, commutator=comm,
+                                  eigvec_condition=kappa, norm2=norm2, rho=rho, norms=norms, steps=steps)
     return stats, norms
 
 

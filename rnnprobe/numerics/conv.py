@@ -251,6 +251,8 @@ def circulant_nonnormality(op, *, steps: int = 200) -> tuple[dict, "np.ndarray"]
     """
     import numpy as np
 
+    from rnnprobe.numerics.schur import nonnormality_stats
+
     Bk = op.blocks()  # [P, C, C] complex
     C = op.channels
     fro2 = float((Bk.abs() ** 2).sum())
@@ -291,21 +293,8 @@ def circulant_nonnormality(op, *, steps: int = 200) -> tuple[dict, "np.ndarray"]
                 if x < 1.0:
                     break
     arr = np.asarray(norms, dtype=np.float64)
-    stats = {
-        "henrici": henrici,
-        "henrici_couplings": None,
-        "henrici_blocks": None,
-        "henrici_relative": henrici / fro if fro > 0 else 0.0,
-        "coupling_fraction": henrici / fro if fro > 0 else 0.0,
-        "commutator": comm,
-        "eigvec_condition": kappa,
-        "norm2": norm2,
-        "norm2_over_rho": norm2 / rho if rho > 0 else math.inf,
-        "transient_amplification": float(arr.max()) if arr.size else None,
-        "transient_argmax": int(np.argmax(arr)) + 1 if arr.size else None,
-        "transient_steps": int(steps),
-        "transient_computed": int(arr.size),
-        "frobenius": fro,
-        "spectral_radius": rho,
-    }
+    stats = nonnormality_stats(henrici=henrici, couplings=None, blocks=None, frobenius=fro,
+                               coupling_fraction=henrici / fro if fro > 0 else 0.0, commutator=comm,
+                               eigvec_condition=kappa, norm2=norm2, rho=rho, norms=arr, steps=steps)
+    stats.update({"frobenius": fro, "spectral_radius": rho})
     return stats, arr

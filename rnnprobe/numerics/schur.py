@@ -66,6 +66,7 @@ __all__ = [
     "split_condition",
     "triu_matmul",
     "power_norms",
+    "nonnormality_stats",
 ]
 
 ORDERS = ("modulus", "real", "angle")
@@ -772,3 +773,32 @@ def power_norms(T, steps: int, *, device="cpu", exact_max_n: int = 128, leaf: in
             if stop_at_one and sigma < 1.0:
                 return np.asarray(norms), t < steps
     return np.asarray(norms), False
+
+
+def nonnormality_stats(*, henrici: float, couplings: float | None, blocks: float | None, frobenius: float,
+                       coupling_fraction: float, commutator: float, eigvec_condition: float, norm2: float,
+                       rho: float, norms: np.ndarray, steps: int) -> dict:
+    """The ``nonnormality`` statistics of ``rnnprobe schur``, from measures computed by either path.
+
+    The dense path (:func:`rnnprobe.analyses.schur.nonnormality`) and the circulant one
+    (:func:`rnnprobe.numerics.conv.circulant_nonnormality`) give the Henrici departure and its
+    parts (``couplings``, ``blocks``; ``None`` where not split), ``||W||_F``, the coupling
+    fraction, the commutator, ``cond_2`` of the eigenvectors, ``||W||_2``, the spectral radius
+    ``rho`` and ``norms[t-1] = ||W^t||_2`` for the powers computed out of ``steps``; this adds
+    ``henrici_relative``, ``norm2_over_rho`` and the transient's maximum and where it is.
+    """
+    return {
+        "henrici": henrici,
+        "henrici_couplings": couplings,
+        "henrici_blocks": blocks,
+        "henrici_relative": henrici / frobenius if frobenius > 0 else 0.0,
+        "coupling_fraction": coupling_fraction,
+        "commutator": commutator,
+        "eigvec_condition": eigvec_condition,
+        "norm2": norm2,
+        "norm2_over_rho": norm2 / rho if rho > 0 else math.inf,
+        "transient_amplification": float(norms.max()) if norms.size else None,
+        "transient_argmax": int(np.argmax(norms)) + 1 if norms.size else None,
+        "transient_steps": int(steps),
+        "transient_computed": int(norms.size),
+    }
