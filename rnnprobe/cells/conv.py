@@ -41,6 +41,7 @@ import math
 import torch
 from torch import nn
 
+from rnnprobe.cells.user import module_outputs
 from rnnprobe.numerics.conv import adjoint_kernel, realify
 from rnnprobe.operators import CircularConvOperator, format_lattice, from_symbol, parse_lattice, place_stencil, \
     symbol
@@ -152,12 +153,7 @@ class ConvUnitaryCell(nn.Module):
         return self.readout_layer(s)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        s = torch.zeros(inputs.shape[0], self.n_state, dtype=inputs.dtype, device=inputs.device)
-        outputs = []
-        for t in range(inputs.shape[1]):
-            s = self.step(s, inputs[:, t])
-            outputs.append(self.readout(s))
-        return torch.stack(outputs, dim=1)
+        return module_outputs(self, inputs)
 
     # ---- what analyses read ----------------------------------------------------------
     def recurrent_operator(self) -> CircularConvOperator:

@@ -42,6 +42,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rnnprobe.cells.user import module_outputs
+
 __all__ = ["PolarS1Cell", "SYMMETRY"]
 
 SYMMETRY = {"group": "so2", "input_action": "rotate:1", "output_action": "rotate"}
@@ -105,12 +107,7 @@ class PolarS1Cell(nn.Module):
         return torch.stack([p * x - q * y, q * x + p * y], dim=-1)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        s = torch.zeros(inputs.shape[0], self.n_state, dtype=inputs.dtype, device=inputs.device)
-        outputs = []
-        for t in range(inputs.shape[1]):
-            s = self.step(s, inputs[:, t])
-            outputs.append(self.readout(s))
-        return torch.stack(outputs, dim=1)
+        return module_outputs(self, inputs)
 
     def sidecar(self) -> dict:
         """What the state dict does not say: the class, its kwargs and its symmetry."""

@@ -24,7 +24,7 @@ import torch
 from rnnprobe.cells.base import Cell
 from rnnprobe.errors import InputError
 
-__all__ = ["UserCell", "import_cell_class"]
+__all__ = ["UserCell", "import_cell_class", "module_outputs"]
 
 
 def import_cell_class(spec: str) -> type:
@@ -44,6 +44,20 @@ def import_cell_class(spec: str) -> type:
     if not callable(getattr(cls, "step", None)):
         raise InputError(f"--cell {spec!r} has no step(h, u) method; rnnprobe drives cells through it")
     return cls
+
+
+def module_outputs(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Outputs ``[B, T, d_out]`` of a user-cell module driven by ``inputs`` ``[B, T, d_in]`` from the zero state.
+
+    ``module.step`` then ``module.readout`` at every step, with autograd: the ``forward`` that trains such a
+    module (:class:`rnnprobe.samples.TrainedSample`) as :class:`UserCell` will run it.
+    """
+    s = torch.zeros(inputs.shape[0], module.n_state, dtype=inputs.dtype, device=inputs.device)
+    outputs = []
+    for t in range(inputs.shape[1]):
+        s = module.step(s, inputs[:, t])
+        outputs.append(module.readout(s))
+    return torch.stack(outputs, dim=1)
 
 
 def _size(module: torch.nn.Module, names: tuple[str, ...], what: str, spec: str, default=None) -> int:
