@@ -273,23 +273,26 @@ def task_conditions(inputs: np.ndarray, max_conditions: int):
     return conds, trial, static
 
 
-def _load_init(path: str, n_state: int) -> np.ndarray:
+def _load_array(path: str, option: str, key: str) -> np.ndarray:
+    """The array given with ``--<option> path``: an .npy, or the .npz entry ``key`` (or its only entry)."""
     p = Path(path)
     try:
         data = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise InputError(f"--init {p}: cannot read it as .npy/.npz ({e})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            keys = list(data.keys())
-            if "states" in keys:
-                arr = data["states"]
-            elif len(keys) == 1:
-                arr = data[keys[0]]
-            else:
-                raise InputError(f"--init {p}: an .npz with several arrays ({', '.join(keys)}) needs one named 'states'")
-    else:
-        arr = data
+        raise InputError(f"--{option} {p}: cannot read it as .npy/.npz ({e})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        return data
+    with data:
+        keys = list(data.keys())
+        if key not in keys and len(keys) != 1:
+            raise InputError(f"--{option} {p}: an .npz with several arrays ({', '.join(keys)}) needs one named "
+                             f"'{key}'")
+        return data[key if key in keys else keys[0]]
+
+
+def _load_init(path: str, n_state: int) -> np.ndarray:
+    p = Path(path)
+    arr = _load_array(path, "init", "states")
     if arr.dtype.kind not in "fiu":
         raise InputError(f"--init {p}: the states must be numbers; got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] != n_state or arr.shape[0] < 1:
@@ -406,19 +409,7 @@ def _basis_argument(options: FixedpointsOptions, n_state: int):
     if options.basis in BASES:
         return options.basis
     p = Path(options.basis)
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"--basis {p}: cannot read it as .npy/.npz ({e})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            keys = list(data.keys())
-            key = "Xi" if "Xi" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise InputError(f"--basis {p}: an .npz with several arrays ({', '.join(keys)}) needs one named 'Xi'")
-            arr = data[key]
-    else:
-        arr = data
+    arr = _load_array(options.basis, "basis", "Xi")
     if arr.ndim != 2 or arr.shape[0] != n_state or arr.dtype.kind not in "fiu" or not np.all(np.isfinite(arr)):
         raise InputError(f"--basis {p}: the basis must be a finite [n_state={n_state}, m] matrix; "
                          f"got shape {list(arr.shape)}, dtype {arr.dtype}")
