@@ -380,6 +380,12 @@ def test_fixedpoints_analysis_stays_matrix_free_at_lattice_scale(tmp_path):
     assert np.all(res.q <= 1e-12) and res.eigenvalues.shape == (res.n_unique, 4)
     summary = res.summary()
     assert summary["n_unique"] == res.n_unique and summary["memory_basis"]["cyclic"] == []
+    # the randomized PCA of lattice-scale states follows --seed, not torch's global generator
+    torch.manual_seed(123)
+    again = fpa.run(model, opts, _ctx())
+    for key, value in res.pca.items():
+        if isinstance(value, np.ndarray) or torch.is_tensor(value):
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(again.pca[key]), err_msg=key)
 
 
 # ---------------------------------------------------------------------------------

@@ -388,7 +388,12 @@ def _pca(traj: torch.Tensor | None, gen: torch.Generator) -> dict:
         X = X[torch.randperm(X.shape[0], generator=gen, device=X.device)[:rows]]
     mean = X.mean(0)
     if X.shape[1] > 4096:  # three axes of a lattice-scale state: a randomized SVD, not a full one
-        _, sv, V = torch.svd_lowrank(X - mean, q=min(8, min(X.shape)), niter=4)
+        # svd_lowrank draws from torch's global generator: seed it from the run's generator
+        # so that --seed fixes the axes, and leave the caller's global state as it was
+        devices = [X.device] if X.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen, device=X.device).item()))
+            _, sv, V = torch.svd_lowrank(X - mean, q=min(8, min(X.shape)), niter=4)
         Vh = V.T
         sv = torch.cat([sv, ((X - mean) ** 2).sum().sub(sv.pow(2).sum()).clamp_min(0).sqrt()[None]])
     else:
