@@ -1,0 +1,49 @@
+"""Elementwise and product kernels of the hot loops, fastest library per device.
+
+The analyses write their inner loops once, in torch. On the CPU two of torch's
+float64 kernels are much slower than NumPy's on the same buffers (measured on
+the development machines, one thread; ``bench/schur.py`` reports both):
+
+* ``tanh``: torch's vectorised double tanh runs at about 5 ns per element,
+  NumPy's SIMD ufunc at about 1.7 ns;
+* the small batched products of a rollout (``[V, B, N] @ [V, N, N]`` at
+  N = 64): torch's MKL ``bmm`` reaches about half the speed of a large GEMM,
+  NumPy's OpenBLAS about 0.75 of it.
+
+So on the CPU these functions hand the tensors' memory to NumPy (zero copy:
+``Tensor.numpy()`` shares it) and elsewhere call torch. Both paths compute
+the same thing to rounding (tests/test_kernels.py compares them); neither
+tracks gradients, so they are for inference loops only.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["tanh_", "matmul_", "on_numpy"]
+
+
+def on_numpy(*tensors: torch.Tensor) -> bool:
+    """Whether the NumPy kernels can take these tensors (CPU, float, no autograd)."""
+    return all(t.device.type == "cpu" and t.dtype in (torch.float64, torch.float32) and not t.requires_grad
+               for t in tensors)
+
+
+def tanh_(x: torch.Tensor) -> torch.Tensor:
+    """``x = tanh(x)`` in place; returns ``x``."""
+    if on_numpy(x):
+        a = x.numpy()
+        np.tanh(a, out=a)
+        return x
+    return x.tanh_()
+
+
+def matmul_(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = a @ b`` (batched like ``torch.matmul``) into ``out``; returns ``out``.
+
+    ``out`` must not overlap ``a`` or ``b``.
+    """
+    if on_numpy(a, b, out) and a.dtype == b.dtype == out.dtype:
+        np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+        return out
+    return torch.matmul(a, b, out=out)
