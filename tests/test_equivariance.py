@@ -132,7 +132,7 @@ def test_elements_are_subsampled_and_batched_like_a_loop():
         Fg = np.tanh(X.numpy() @ P.T @ W.T + Uin.numpy() @ P.T @ U.T + b)
         F = np.tanh(X.numpy() @ W.T + Uin.numpy() @ U.T + b)
         want = np.linalg.norm(Fg - F @ P.T, axis=1) / (1 + np.linalg.norm(F, axis=1))
-        np.testing.assert_allclose(E[g].numpy(), want, rtol=1e-10, atol=1e-16)
+        np.testing.assert_allclose(E[g].numpy(), want, rtol=1e-10, atol=2e-15)  # GEMMs of 30 and 210 rows may round differently
 
 
 # ---- continuous groups --------------------------------------------------------------------------

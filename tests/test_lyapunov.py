@@ -266,9 +266,11 @@ def test_chaotic_net_against_numpy_loop_and_sum_rule(tmp_path):
     cell = ElmanCell(W)
     h0 = torch.as_tensor(0.5 * rng.standard_normal((B, N)))
     est = lyap.lyapunov_spectrum(cell, h0, steps=steps, warmup=warmup, frame=torch.eye(N, dtype=torch.float64))
-    h, traj, dummy = h0, [], torch.zeros(B, N, 1, dtype=torch.float64)
+    # the propagator's step with as many (ignored) tangent columns as its full frame: BLAS may round
+    # the state's column differently in products of different widths (MKL does on AMD CPUs)
+    h, traj, dummy = h0, [], torch.zeros(B, N, N, dtype=torch.float64)
     for _ in range(warmup + steps):
-        h, _ = cell.step_and_jvp(h, None, dummy)  # the propagator's step; the tangent part is ignored
+        h, _ = cell.step_and_jvp(h, None, dummy)
         traj.append(h.numpy())
     traj = np.stack(traj, axis=1)  # [B, T, N]
     refs = _numpy_benettin(tmp_path, W, traj, warmup)

@@ -6,6 +6,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from rnnprobe.numerics import kernels
+
 __all__ = ["Nonlinearity", "NONLINEARITIES", "get_nonlinearity"]
 
 
@@ -19,7 +21,7 @@ class Nonlinearity(NamedTuple):
 
 
 def _dtanh(x):
-    t = torch.tanh(x)
+    t = kernels.tanh(x)
     return 1.0 - t * t
 
 
@@ -29,7 +31,7 @@ def _dsigmoid(x):
 
 
 NONLINEARITIES: dict[str, Nonlinearity] = {
-    "tanh": Nonlinearity("tanh", torch.tanh, _dtanh, True, lambda y: 1.0 - y * y),
+    "tanh": Nonlinearity("tanh", kernels.tanh, _dtanh, True, lambda y: 1.0 - y * y),
     # relu'(0) = 0, as torch's autograd has it
     "relu": Nonlinearity("relu", torch.relu, lambda x: (x > 0).to(x.dtype), False),
     "linear": Nonlinearity("linear", lambda x: x, torch.ones_like, True),

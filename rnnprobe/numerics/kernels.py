@@ -20,13 +20,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["tanh_", "matmul_", "on_numpy"]
+from torch._C._functorch import is_functorch_wrapped_tensor
+
+__all__ = ["tanh", "tanh_", "matmul_", "on_numpy"]
 
 
 def on_numpy(*tensors: torch.Tensor) -> bool:
-    """Whether the NumPy kernels can take these tensors (CPU, float, no autograd)."""
+    """Whether the NumPy kernels can take these tensors: on the CPU, real floating point, and
+    neither tracked by autograd nor wrapped by a ``torch.func`` transform (jvp, vmap, grad)."""
     return all(t.device.type == "cpu" and t.dtype in (torch.float64, torch.float32) and not t.requires_grad
-               for t in tensors)
+               and not is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """``tanh(x)`` into a new tensor (what ``torch.tanh`` does, autograd included where it applies)."""
+    if on_numpy(x):
+        out = torch.empty_like(x)
+        np.tanh(x.numpy(), out=out.numpy())
+        return out
+    return torch.tanh(x)
 
 
 def tanh_(x: torch.Tensor) -> torch.Tensor:
