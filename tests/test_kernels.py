@@ -51,5 +51,20 @@ def test_autograd_and_mixed_dtypes_fall_back_to_torch():
     a = torch.ones(2, 3, dtype=torch.float32)
     b = torch.ones(3, 2, dtype=torch.float32)
     assert not kernels.on_numpy(torch.ones(2, dtype=torch.int64))
+    assert not kernels.on_numpy(torch._neg_view(torch.ones(2, dtype=torch.float64)))  # .numpy() would refuse it
+    with torch.inference_mode():
+        z = torch.linspace(-1, 1, 5, dtype=torch.float64)
+        assert kernels.on_numpy(z) and torch.allclose(kernels.tanh(z), torch.tanh(z), rtol=1e-15, atol=0)
     out = kernels.matmul_(a, b, torch.empty(2, 2, dtype=torch.float32))
     assert np.allclose(out.numpy(), 3.0)
+
+
+def test_torch_func_transforms_see_torch_ops():
+    """Inside jvp / vmap / grad the tensors are wrappers NumPy cannot read: torch's op must run."""
+    x = torch.linspace(-2, 2, 7, dtype=torch.float64)
+    v = torch.ones_like(x)
+    y, dy = torch.func.jvp(kernels.tanh, (x,), (v,))
+    assert torch.allclose(y, torch.tanh(x)) and torch.allclose(dy, 1 - torch.tanh(x) ** 2)
+    assert torch.allclose(torch.func.vmap(kernels.tanh)(x[:, None]), torch.tanh(x[:, None]))
+    g = torch.func.grad(lambda t: kernels.tanh(t).sum())(x)
+    assert torch.allclose(g, 1 - torch.tanh(x) ** 2)
