@@ -250,6 +250,22 @@ def _adam(system: _System, x: torch.Tensor, steps: int, lr: float):
     return best_x, best_g, best_q
 
 
+def _project(basis: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``basis [n, j, S]`` times ``w [n, S]`` row by row -> ``[n, j]``.
+
+    A multiply and a sum: bmm runs these n matrix-vector products 4-5x slower
+    (0.70 ms against 0.13 ms at n = 1024, j = 9, S = 128, float32, 2 threads).
+    """
+    return (basis * w[:, None, :]).sum(-1)
+
+
+def _combine(h: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``sum_j h[n, j] basis[n, j, :]`` -> ``[n, S]`` (bmm from three vectors on; below, it is slower)."""
+    if h.shape[1] < 3:
+        return (h[:, :, None] * basis).sum(1)
+    return torch.bmm(h[:, None, :], basis)[:, 0]
+
+
 def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle: float = 1.0,
            reorthogonalize: bool = False) -> torch.Tensor:
     """Batched GMRES (x0 = 0, no restart): solve ``A x = b`` for every row of ``b`` [n, S].
@@ -275,12 +291,12 @@ def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle:
         w = apply(V[:, j])
         basis = V[:, : j + 1]
         wn = w.norm(dim=1)
-        h = torch.bmm(basis, w[:, :, None])[:, :, 0]
-        w = w - torch.bmm(h[:, None, :], basis)[:, 0]
+        h = _project(basis, w)
+        w = w - _combine(h, basis)
         hn = w.norm(dim=1)
         if reorthogonalize and bool((hn < 0.7 * wn).any()):  # DGKS: again where cancellation was severe
-            h2 = torch.bmm(basis, w[:, :, None])[:, :, 0]
-            w = w - torch.bmm(h2[:, None, :], basis)[:, 0]
+            h2 = _project(basis, w)
+            w = w - _combine(h2, basis)
             h = h + h2
             hn = w.norm(dim=1)
         V[:, j + 1] = w / torch.where(hn > 0, hn, torch.ones_like(hn))[:, None]
