@@ -12,7 +12,8 @@
    recurrent matrices), tanh Elman cell, at N = 64 and N = 512:
    ``rollout_variants`` (one batched program) against (a) the same float64
    flops as one large square matrix product (goal: within 1.5x), and (b) a
-   Python loop of ``torch.nn.RNN`` forwards in float64, one per matrix.
+   Python loop of ``torch.nn.RNN`` forwards in float64, one per matrix; and
+   the same rollout with ``RNNPROBE_NUMPY_KERNELS=0`` (torch's bmm and tanh).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/schur.py [--quick]``. One
 thread everywhere (torch, OpenBLAS), stated in the output. Absolute times on
@@ -39,6 +40,7 @@ from scipy.linalg.lapack import dtrsen  # noqa: E402
 
 from rnnprobe.analyses.schur import rollout_variants, variant_chunk  # noqa: E402
 from rnnprobe.cells import ElmanCell  # noqa: E402
+from rnnprobe.numerics import kernels  # noqa: E402
 from rnnprobe.numerics import schur as ns  # noqa: E402
 
 
@@ -107,8 +109,8 @@ def bench_ablation(sizes, repeats, trials=256, steps=100, n_w=40):
     print(f"\n## 2. Ablation sweep: {trials} trials x {steps} steps, {n_w} recurrent matrices "
           "(8 variants + 32 controls), tanh, float64\n")
     print("| N | variants per batch | batched rollout s | GFlop/s | one-GEMM floor s (same flops) | "
-          "batched / floor | nn.RNN loop s | loop / batched |")
-    print("|---|---|---|---|---|---|---|---|")
+          "batched / floor | nn.RNN loop s | loop / batched | batched, torch kernels s | torch / NumPy kernels |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         rng = np.random.default_rng(n)
         W0 = rng.standard_normal((n, n)) / np.sqrt(n)
@@ -144,17 +146,24 @@ def bench_ablation(sizes, repeats, trials=256, steps=100, n_w=40):
             out["ref"] = torch.stack(ys)
 
         # interleaved rounds, minimum of each: the three see the same background load
-        t_gemm = t_batched = t_loop = float("inf")
+        def batched_torch():  # the same rollout with RNNPROBE_NUMPY_KERNELS=0: torch's bmm and tanh
+            with kernels.numpy_kernels(False):
+                out["y_torch"] = torch.cat([rollout_variants(cell, Ws[i:i + chunk], inputs)
+                                            for i in range(0, n_w, chunk)])
+
+        t_gemm = t_batched = t_loop = t_torch = float("inf")
         for _ in range(reps):
+            t_torch = min(t_torch, best(batched_torch, 1))
             # the floor is the faster of the two BLAS libraries at hand (torch's MKL, NumPy's OpenBLAS)
             t_gemm = min(t_gemm, best(lambda: A @ B, 1) * flops / (2.0 * side**3),
                          best(lambda: An @ Bn, 1) * flops / (2.0 * side**3))
             t_batched = min(t_batched, best(batched, 1))
             t_loop = min(t_loop, best(loop, 1))
-        err = float((out["ref"] - out["y"]).abs().max())
+        err = float(max((out["ref"] - out["y"]).abs().max(), (out["y_torch"] - out["y"]).abs().max()))
         assert err < 1e-10, err
         print(f"| {n} | {chunk} | {t_batched:.3f} | {flops / t_batched / 1e9:.1f} | {t_gemm:.3f} | "
-              f"**{t_batched / t_gemm:.2f}** | {t_loop:.3f} | **{t_loop / t_batched:.2f}** |", flush=True)
+              f"**{t_batched / t_gemm:.2f}** | {t_loop:.3f} | **{t_loop / t_batched:.2f}** | {t_torch:.3f} | "
+              f"{t_torch / t_batched:.2f} |", flush=True)
 
 
 def main():

@@ -68,3 +68,15 @@ def test_torch_func_transforms_see_torch_ops():
     assert torch.allclose(torch.func.vmap(kernels.tanh)(x[:, None]), torch.tanh(x[:, None]))
     g = torch.func.grad(lambda t: kernels.tanh(t).sum())(x)
     assert torch.allclose(g, 1 - torch.tanh(x) ** 2)
+
+
+def test_numpy_kernels_can_be_switched_off(monkeypatch):
+    x = torch.linspace(-3, 3, 11, dtype=torch.float64)
+    assert kernels.on_numpy(x)
+    with kernels.numpy_kernels(False):
+        assert not kernels.on_numpy(x)
+        calls = []
+        monkeypatch.setattr(np, "tanh", lambda *a, **k: calls.append(1))  # must not be reached
+        y = kernels.tanh(x)
+        assert not calls and torch.equal(y, torch.tanh(x))
+    assert kernels.on_numpy(x)

@@ -14,21 +14,40 @@ So on the CPU these functions hand the tensors' memory to NumPy (zero copy:
 ``Tensor.numpy()`` shares it) and elsewhere call torch. Both paths compute
 the same thing to rounding (tests/test_kernels.py compares them); neither
 tracks gradients, so they are for inference loops only.
+
+``RNNPROBE_NUMPY_KERNELS=0`` in the environment, or ``with numpy_kernels(False):``,
+keeps everything in torch (to compare, or to rule the NumPy path out).
 """
 from __future__ import annotations
+
+import contextlib
+import os
 
 import numpy as np
 import torch
 
 from torch._C._functorch import is_functorch_wrapped_tensor
 
-__all__ = ["tanh", "tanh_", "matmul_", "on_numpy"]
+__all__ = ["tanh", "tanh_", "matmul_", "on_numpy", "numpy_kernels"]
+
+_enabled = os.environ.get("RNNPROBE_NUMPY_KERNELS", "1").strip() != "0"
+
+
+@contextlib.contextmanager
+def numpy_kernels(enabled: bool):
+    """Within the block, use the NumPy kernels on the CPU (True) or torch everywhere (False)."""
+    global _enabled
+    before, _enabled = _enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 def on_numpy(*tensors: torch.Tensor) -> bool:
     """Whether the NumPy kernels can take these tensors: on the CPU, real floating point, and
     neither tracked by autograd nor wrapped by a ``torch.func`` transform (jvp, vmap, grad)."""
-    return all(t.device.type == "cpu" and t.layout == torch.strided and t.dtype in (torch.float64, torch.float32)
+    return _enabled and all(t.device.type == "cpu" and t.layout == torch.strided and t.dtype in (torch.float64, torch.float32)
                and not t.requires_grad and not t.is_neg() and not is_functorch_wrapped_tensor(t)
                for t in tensors)
 
