@@ -70,6 +70,7 @@ def main() -> int:
 
     import numpy as np
     import torch
+    from _timing import best
 
     torch.set_num_threads(args.threads)
     from rnnprobe.analyses import fixedpoints as fpa
@@ -86,21 +87,13 @@ def main() -> int:
     sections = set(args.sections.split(","))
     out: dict = {"threads": args.threads, "torch": torch.__version__, "load_start": os.getloadavg(), "sections": {}}
 
-    def best(fn, repeat=7):
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
     X_fft = torch.randn(34, 256, 256, dtype=F64)
     A_gemm, B_gemm = torch.randn(1024, 1024, dtype=F64), torch.randn(1024, 34, dtype=F64)
     floors: dict[str, list[float]] = {"fft": [], "gemm": []}
 
     def floor():
-        floors["fft"].append(best(lambda: torch.fft.irfft2(torch.fft.rfft2(X_fft), s=(256, 256))))
-        floors["gemm"].append(best(lambda: A_gemm @ B_gemm))
+        floors["fft"].append(best(lambda: torch.fft.irfft2(torch.fft.rfft2(X_fft), s=(256, 256)))[0])
+        floors["gemm"].append(best(lambda: A_gemm @ B_gemm)[0])
         return min(floors["fft"]), min(floors["gemm"])
 
     def log(msg):
@@ -316,10 +309,10 @@ def main() -> int:
             assert torch.equal(ref[0], got[0]) and torch.allclose(ref[1], got[1], rtol=0, atol=1e-13)
             t_cell, t_floor, t_before = [], [], []
             for _ in range(5):  # interleaved rounds
-                t_floor.append(best(inline, 5))
-                t_cell.append(best(lambda: cell.step_and_jvp(h, u, V), 5))
+                t_floor.append(best(inline, 5)[0])
+                t_cell.append(best(lambda: cell.step_and_jvp(h, u, V), 5)[0])
                 if before is not None:
-                    t_before.append(best(lambda: before.step_and_jvp(h, u, V), 5))
+                    t_before.append(best(lambda: before.step_and_jvp(h, u, V), 5)[0])
             row = {"k": k, "cell_ms": min(t_cell) * 1e3, "inline_ms": min(t_floor) * 1e3,
                    "cell_over_inline": min(t_cell) / min(t_floor)}
             if t_before:

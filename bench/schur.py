@@ -30,28 +30,18 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
+from _timing import best  # noqa: E402
 from scipy.linalg.lapack import dtrsen  # noqa: E402
 
 from rnnprobe.analyses.schur import rollout_variants, variant_chunk  # noqa: E402
 from rnnprobe.cells import ElmanCell  # noqa: E402
 from rnnprobe.numerics import kernels  # noqa: E402
 from rnnprobe.numerics import schur as ns  # noqa: E402
-
-
-def best(fn, repeats):
-    """Minimum wall time of ``repeats`` calls (the least disturbed by other work on the machine)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def bench_decomposition(sizes, repeats):
@@ -89,9 +79,9 @@ def bench_decomposition(sizes, repeats):
             # interleaved rounds, minimum of each: all three see the same background load
             t_schur = t_order = t_split = float("inf")
             for _ in range(reps):
-                t_schur = min(t_schur, best(lambda: scipy.linalg.schur(W, output="real"), 1))
-                t_order = min(t_order, best(order, 1))
-                t_split = min(t_split, best(split, 1))
+                t_schur = min(t_schur, best(lambda: scipy.linalg.schur(W, output="real"), 1)[0])
+                t_order = min(t_order, best(order, 1)[0])
+                t_split = min(t_split, best(split, 1)[0])
             T, Q, m = box["T"], box["Q"], box["m"]
             assert box["stats"].complete and np.linalg.norm(Q @ T @ Q.T - W) <= 1e-12 * np.linalg.norm(W)
             t_lapack = "-"
@@ -99,7 +89,7 @@ def bench_decomposition(sizes, repeats):
                 sel = np.zeros(n, dtype=np.int32)
                 sel[:m] = 1
                 work = dict(lwork=2 * m * (n - m), liwork=m * (n - m))
-                t_lapack = f"{best(lambda: dtrsen(sel, T, Q, job='B', wantq=0, **work), 1):.3f}"
+                t_lapack = f"{best(lambda: dtrsen(sel, T, Q, job='B', wantq=0, **work), 1)[0]:.3f}"
             ratio = (t_order + t_split) / t_schur
             print(f"| {n} | {start} | {t_schur:.3f} | {t_order:.3f} | {box['stats'].moves} | {t_split:.3f} | "
                   f"**{ratio:.2f}** | {t_lapack} |", flush=True)
@@ -153,12 +143,12 @@ def bench_ablation(sizes, repeats, trials=256, steps=100, n_w=40):
 
         t_gemm = t_batched = t_loop = t_torch = float("inf")
         for _ in range(reps):
-            t_torch = min(t_torch, best(batched_torch, 1))
+            t_torch = min(t_torch, best(batched_torch, 1)[0])
             # the floor is the faster of the two BLAS libraries at hand (torch's MKL, NumPy's OpenBLAS)
-            t_gemm = min(t_gemm, best(lambda: A @ B, 1) * flops / (2.0 * side**3),
-                         best(lambda: An @ Bn, 1) * flops / (2.0 * side**3))
-            t_batched = min(t_batched, best(batched, 1))
-            t_loop = min(t_loop, best(loop, 1))
+            t_gemm = min(t_gemm, best(lambda: A @ B, 1)[0] * flops / (2.0 * side**3),
+                         best(lambda: An @ Bn, 1)[0] * flops / (2.0 * side**3))
+            t_batched = min(t_batched, best(batched, 1)[0])
+            t_loop = min(t_loop, best(loop, 1)[0])
         err = float(max((out["ref"] - out["y"]).abs().max(), (out["y_torch"] - out["y"]).abs().max()))
         assert err < 1e-10, err
         print(f"| {n} | {chunk} | {t_batched:.3f} | {flops / t_batched / 1e9:.1f} | {t_gemm:.3f} | "
