@@ -200,6 +200,16 @@ class Operator(abc.ABC):
     dtype: torch.dtype
     device: torch.device
 
+    def _set_lattice(self, weights: torch.Tensor, lattice: tuple[int, ...]) -> None:
+        """The geometry both convolution operators record: ``weights`` [C, C, ...] on ``lattice``."""
+        self.lattice = lattice
+        self.ndim = len(lattice)
+        self.channels = int(weights.shape[0])
+        self.sites = math.prod(lattice)
+        self.n = self.channels * self.sites
+        self.dtype = weights.dtype
+        self.device = weights.device
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self.n, self.n)
@@ -378,13 +388,7 @@ class CircularConvOperator(Operator):
                              f"[{', '.join(map(str, lattice))}] for one channel) on the lattice "
                              f"{format_lattice(lattice)}; got shape {list(kernel.shape)}")
         self.kernel = K
-        self.lattice = lattice
-        self.ndim = nd
-        self.channels = int(K.shape[0])
-        self.sites = math.prod(lattice)
-        self.n = self.channels * self.sites
-        self.dtype = K.dtype
-        self.device = K.device
+        self._set_lattice(K, lattice)
         if generator is not None:
             G = torch.as_tensor(generator).to(dtype=K.dtype, device=K.device)
             G = G[None, None] if G.dim() == nd else G
@@ -566,15 +570,9 @@ class ZeroPaddedConvOperator(Operator):
                                  f"padding {p} give {L + 2 * p - d * (k - 1)} sites from {L}; use padding "
                                  f"{d * (k - 1) / 2:g} ('same')")
         self.weight = w
-        self.lattice = lattice
-        self.ndim = nd
+        self._set_lattice(w, lattice)
         self.padding = pad
         self.dilation = dil
-        self.channels = int(w.shape[0])
-        self.sites = math.prod(lattice)
-        self.n = self.channels * self.sites
-        self.dtype = w.dtype
-        self.device = w.device
         self._dense_cache: torch.Tensor | None = None
 
     def _fn(self, transposed: bool):
