@@ -78,6 +78,9 @@ def test_elman_analytic_jacobians_match_autograd(cell):
     assert torch.allclose(cell.jvp(h, u, V[:, :, 0]), (J @ V)[:, :, 0], atol=1e-12)
     h2, JV = cell.step_and_jvp(h, u, V)
     assert torch.allclose(h2, cell.step(h, u), atol=0) and torch.allclose(JV, J @ V, atol=1e-12)
+    F, pullback = cell.step_and_vjp(h, u)
+    assert torch.allclose(F, cell.step(h, u), atol=1e-15)
+    assert torch.allclose(pullback(V[:, :, 1]), (J.transpose(1, 2) @ V)[:, :, 1], atol=1e-12)
     # the batched rollout agrees with repeated steps
     x = torch.randn(B, 6, D, dtype=torch.float64)
     s, ref = h, []
@@ -102,6 +105,9 @@ def test_gated_jacobians_are_consistent(name):
     V = torch.randn(B, cell.n_state, 3, dtype=torch.float64)
     assert torch.allclose(cell.jvp(s, u, V), J @ V, atol=1e-12)
     assert torch.allclose(cell.vjp(s, u, V), J.transpose(1, 2) @ V, atol=1e-12)
+    F, pullback = cell.step_and_vjp(s, u)  # the autograd default of the Cell interface
+    assert torch.allclose(F, cell.step(s, u), atol=0) and not F.requires_grad
+    assert torch.allclose(pullback(V[:, :, 0]), (J.transpose(1, 2) @ V)[:, :, 0], atol=1e-12)
     assert cell.input_jacobian(s, u).shape == (B, cell.n_state, D)
     with pytest.raises(NoRecurrentMatrix, match="no single recurrent matrix"):
         cell.matrices()

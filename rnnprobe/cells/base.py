@@ -227,5 +227,22 @@ class Cell(abc.ABC):
         """``(F(s, u), J V)`` in one pass where the cell can share work."""
         return self.step(s, u), self.jvp(s, u, V)
 
+    def step_and_vjp(self, s: torch.Tensor, u: torch.Tensor | None = None):
+        """``(F(s, u), pullback)`` with ``pullback(v) = J^T v`` for ``v`` [B, S], for a cotangent
+        that depends on F itself (the gradient of ``q = 1/2 ||F(s) - s||^2``); one forward pass.
+
+        Here by autograd (``torch.func.vjp`` would import torch._dynamo: seconds on a cold start);
+        cells with analytic Jacobians override it.
+        """
+        s = as_tensor(s, dtype=self.dtype, device=self.device)
+        with torch.enable_grad():
+            sg = s.detach().requires_grad_(True)
+            F = self.step(sg, u)
+
+        def pullback(v: torch.Tensor) -> torch.Tensor:
+            return torch.autograd.grad(F, sg, v, retain_graph=True)[0]
+
+        return F.detach(), pullback
+
     def describe(self) -> str:
         return f"{self.kind} cell, {self.n_state} state units, {self.n_inputs} inputs, {self.n_outputs} outputs"

@@ -251,6 +251,22 @@ class ElmanCell(Cell):
             out = out + self._self_weight * Vc
         return out if col else out[:, :, 0]
 
+    def step_and_vjp(self, h: torch.Tensor, u: torch.Tensor | None = None):
+        """``(F(h, u), v -> J^T v)``: phi' computed once, each pullback one product with W_hh^T."""
+        h = as_tensor(h, dtype=self.dtype, device=self.device)
+        a, nl, sw = self.alpha, self.nl, self._self_weight
+        x = self.preactivation(h, u)
+        if self.form == "rate-outside":  # J = (1 - a) I + a W diag(phi'(h))
+            d = nl.dphi(h)
+            return (1.0 - a) * h + a * x, lambda v: a * d * self.op.rmatvec(v) + sw * v
+        p = nl.phi(x)  # J = sw I + a diag(phi'(x)) W
+        d = nl.dphi_from_output(p) if nl.dphi_from_output is not None else nl.dphi(x)
+        if self.form == "leaky":
+            F = p if a == 1.0 else h + a * (p - h)
+        else:
+            F = h + a * p
+        return F, lambda v: a * self.op.rmatvec(d * v) + sw * v
+
     def step_and_jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor):
         """``(F(h, u), J V)``: the state rides in the same GEMM as the tangent columns."""
         h = as_tensor(h, dtype=self.dtype, device=self.device)

@@ -178,30 +178,9 @@ class _System:
 
     def value_and_grad(self, x: torch.Tensor):
         """``G(x)``, ``q(x)`` and ``grad q = J_G^T G`` with one forward and one backward pass."""
-        from rnnprobe.cells.elman import ElmanCell
-
-        cell = self.cell
-        if isinstance(cell, ElmanCell) and cell.form != "rate-outside" and cell.nl.dphi_from_output is not None:
-            # the two products written out (J^T g = (1 - a) g + a W^T (phi' * g)): autograd's
-            # bookkeeping cost a third of the warm start on the 128-unit flip-flop net
-            with torch.no_grad():
-                p = cell.nl.phi(cell.preactivation(x, self.u))
-                d = cell.nl.dphi_from_output(p)
-                a = cell.alpha
-                F = p if a == 1.0 and cell.form == "leaky" else (
-                    x + a * (p - x) if cell.form == "leaky" else x + a * p)
-                g = F - x
-                JTg = a * cell.op.rmatvec(d * g)
-                if cell._self_weight != 0.0:
-                    JTg = JTg + cell._self_weight * g
-            return g, 0.5 * (g * g).sum(-1), JTg - g
-        # plain autograd (torch.func.vjp would import torch._dynamo: seconds on a cold start)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            F = self.cell.step(xg, self.u)
-            g = (F - xg).detach()
-            (JTg,) = torch.autograd.grad(F, xg, g)
-        return g, 0.5 * (g * g).sum(-1), JTg - g
+        F, pullback = self.cell.step_and_vjp(x, self.u)
+        g = F - x
+        return g, 0.5 * (g * g).sum(-1), pullback(g) - g
 
     def operator(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """``v -> (J - I) v`` at ``x``; for Elman cells phi' is computed once, not per product."""
