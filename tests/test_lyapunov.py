@@ -288,6 +288,21 @@ def test_chaotic_net_against_numpy_loop_and_sum_rule(tmp_path):
     assert lyap.kaplan_yorke_dimension(est.exponents, complete=True) > 1
 
 
+@pytest.mark.parametrize("nl", ["tanh", "sigmoid", "softplus"])
+def test_log_abs_det_jacobian_equals_slogdet_from_either_state(nl):
+    """The sum rule's ln|det J|: from the preactivation, or from the next state where phi' is a function
+    of phi, both equal to slogdet of the explicit Jacobian."""
+    N = 24
+    rng = np.random.default_rng(4)
+    cell = ElmanCell(1.5 * rng.standard_normal((N, N)) / math.sqrt(N), rng.standard_normal((N, 2)),
+                     0.1 * rng.standard_normal(N), nonlinearity=nl)
+    h = torch.as_tensor(rng.standard_normal((3, N)))
+    u = torch.as_tensor(rng.standard_normal((3, 2)))
+    ref = torch.linalg.slogdet(cell.jacobian(h, u))[1]
+    for kw in ({}, {"h_next": cell.step(h, u)}):
+        assert torch.allclose(lyap.log_abs_det_jacobian(cell, h, u, **kw), ref, rtol=1e-12, atol=1e-10)
+
+
 def test_qr_interval_and_method_do_not_change_the_answer():
     """QR every m steps is exact in exact arithmetic and the trajectory does not depend on the frame:
     every interval and method must agree to rounding."""

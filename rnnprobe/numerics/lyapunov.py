@@ -285,20 +285,25 @@ def choose_qr_every(spread: float, *, max_abs_rate: float = 0.0, budget: float =
 
 
 def log_abs_det_jacobian(cell: Cell, h: torch.Tensor, u: torch.Tensor | None = None, *,
-                         log_det_W: float | None = None) -> torch.Tensor:
+                         log_det_W: float | None = None, h_next: torch.Tensor | None = None) -> torch.Tensor:
     """``ln|det J|`` at each state, ``[B]``: the sum rule's right-hand side.
 
     For an Elman cell with alpha = 1 (``leaky`` or ``rate-outside`` form),
     ``J = diag(phi') W`` or ``W diag(phi')``, so ``ln|det J| = sum ln|phi'| +
     ln|det W|``: O(N) per state once ``ln|det W|`` is known (pass it as
     ``log_det_W`` to avoid recomputing; ``cell.op.logabsdet()``, from the FFT
-    for a circular convolution). Other cells: slogdet of the Jacobian.
+    for a circular convolution). With ``h_next = F(h, u)`` of a leaky cell whose
+    phi' is a function of phi (tanh, sigmoid), phi' comes from ``h_next`` without
+    recomputing the preactivation. Other cells: slogdet of the Jacobian.
     """
     from rnnprobe.cells.elman import ElmanCell
 
     if isinstance(cell, ElmanCell) and cell.alpha == 1.0 and cell.form in ("leaky", "rate-outside"):
         if log_det_W is None:
             log_det_W = cell.op.logabsdet()  # exact from the FFT for a circular convolution
+        if h_next is not None and cell.form == "leaky" and cell.nl.dphi_from_output is not None:
+            # h_next = phi(x): phi' from it, the very phi' the tangent step used, and no second product
+            return torch.log(cell.nl.dphi_from_output(h_next).abs()).sum(-1) + log_det_W
         x = h if cell.form == "rate-outside" else cell.preactivation(h, u)
         return torch.log(cell.nl.dphi(x).abs()).sum(-1) + log_det_W
     return torch.linalg.slogdet(cell.jacobian(h, u))[1]
@@ -448,9 +453,6 @@ def lyapunov_spectrum(
     log_det_W = None
     if do_sum_rule and _fast_log_det(cell):
         log_det_W = cell.op.logabsdet()
-    # h' = phi(x) with phi' a function of phi (tanh, sigmoid): ln|det J_t| from the new state, the very
-    # phi' the tangent step used, without recomputing the preactivation (7 % of a full-spectrum step at N=256)
-    ld_after = (log_det_W is not None and cell.form == "leaky" and cell.nl.dphi_from_output is not None)
 
     if frame is not None:
         Q = torch.as_tensor(frame, dtype=dtype, device=device)
@@ -526,14 +528,13 @@ def lyapunov_spectrum(
         ld_block = 0.0
         while t < end:
             u = u_at(t)
-            if ld_acc is not None and phase == "acc" and not ld_after:
-                ld_block = ld_block + log_abs_det_jacobian(cell, h, u, log_det_W=log_det_W)
+            h_prev = h
             if V.shape[-1]:
                 h, V = cell.step_and_jvp(h, u, V)
             else:  # nothing to carry (a tangent-only run during its warm-up)
                 h = cell.step(h, u)
-            if ld_after and phase == "acc":
-                ld_block = ld_block + torch.log(cell.nl.dphi_from_output(h).abs()).sum(-1) + log_det_W
+            if ld_acc is not None and phase == "acc":
+                ld_block = ld_block + log_abs_det_jacobian(cell, h_prev, u, log_det_W=log_det_W, h_next=h)
             t += 1
         if k:
             Q, logr, R, lc, fell = _qr(V[..., :k] if Xi is not None else V, method, want_R=phase == "clv")
