@@ -25,7 +25,6 @@ import os
 
 import numpy as np
 import torch
-
 from torch._C._functorch import is_functorch_wrapped_tensor
 
 __all__ = ["tanh", "tanh_", "matmul_", "on_numpy", "numpy_kernels"]
@@ -47,9 +46,10 @@ def numpy_kernels(enabled: bool):
 def on_numpy(*tensors: torch.Tensor) -> bool:
     """Whether the NumPy kernels can take these tensors: on the CPU, real floating point, and
     neither tracked by autograd nor wrapped by a ``torch.func`` transform (jvp, vmap, grad)."""
-    return _enabled and all(t.device.type == "cpu" and t.layout == torch.strided and t.dtype in (torch.float64, torch.float32)
-               and not t.requires_grad and not t.is_neg() and not is_functorch_wrapped_tensor(t)
-               for t in tensors)
+    return _enabled and all(
+        t.device.type == "cpu" and t.layout == torch.strided and t.dtype in (torch.float64, torch.float32)
+        and not t.requires_grad and not t.is_neg() and not is_functorch_wrapped_tensor(t)
+        for t in tensors)
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
