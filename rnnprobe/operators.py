@@ -298,6 +298,8 @@ class DenseOperator(Operator):
     def _cols(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         # one GEMM over all B*k columns (torch.matmul would broadcast M and run B small products)
         B, N, k = X.shape
+        if k == 1:  # one column each: [B, N] @ M^T, no transposed copies in or out
+            return (X[:, :, 0] @ M.T)[:, :, None]
         Y = M @ X.permute(1, 0, 2).reshape(N, B * k)
         return Y.reshape(M.shape[0], B, k).permute(1, 0, 2)
 

@@ -204,3 +204,18 @@ def test_user_cells_expose_an_operator_only_when_they_have_one():
             return CircularConvOperator(torch.tensor([0.5, 0.25, 0.0], dtype=F64))
 
     assert isinstance(UserCell(Conv()).recurrent_operator(), CircularConvOperator)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_dense_column_products_one_and_many_columns(k):
+    """Dense W X_b and W^T X_b for X [B, N, k]: one column (a plain row product) and several
+    (one GEMM over all columns) against NumPy's einsum."""
+    rng = np.random.default_rng(k)
+    W = rng.standard_normal((7, 7))
+    X = rng.standard_normal((5, 7, k))
+    op = DenseOperator(torch.as_tensor(W))
+    np.testing.assert_allclose(op.mat_cols(torch.as_tensor(X)).numpy(), np.einsum("ij,bjk->bik", W, X),
+                               atol=1e-14, rtol=0)
+    np.testing.assert_allclose(op.rmat_cols(torch.as_tensor(X)).numpy(), np.einsum("ji,bjk->bik", W, X),
+                               atol=1e-14, rtol=0)
+    assert op.mat_cols(torch.as_tensor(X)).shape == (5, 7, k)
