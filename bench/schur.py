@@ -14,6 +14,11 @@
    flops as one large square matrix product (goal: within 1.5x), and (b) a
    Python loop of ``torch.nn.RNN`` forwards in float64, one per matrix; and
    the same rollout with ``RNNPROBE_NUMPY_KERNELS=0`` (torch's bmm and tanh).
+   Two components are timed alone as well, in the rollout's own chunks,
+   buffers and kernels: the batched products (``matmul_`` of the [chunk, B, N]
+   state by the chunk's W^T, every step) and the nonlinearity (NumPy's tanh, which
+   ``tanh_`` calls, of a [chunk, B, N] buffer, every step). Their sum is what any rollout built from
+   these kernels must spend, whatever it does around them.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/schur.py [--quick]``. One
 thread everywhere (torch, OpenBLAS), stated in the output. Absolute times on
@@ -99,8 +104,9 @@ def bench_ablation(sizes, repeats, trials=256, steps=100, n_w=40):
     print(f"\n## 2. Ablation sweep: {trials} trials x {steps} steps, {n_w} recurrent matrices "
           "(8 variants + 32 controls), tanh, float64\n")
     print("| N | variants per batch | batched rollout s | GFlop/s | one-GEMM floor s (same flops) | "
-          "batched / floor | nn.RNN loop s | loop / batched | batched, torch kernels s | torch / NumPy kernels |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "batched / floor | products alone s | tanh alone s | (products + tanh) / floor | "
+          "nn.RNN loop s | loop / batched | batched, torch kernels s | torch / NumPy kernels |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         rng = np.random.default_rng(n)
         W0 = rng.standard_normal((n, n)) / np.sqrt(n)
@@ -141,8 +147,27 @@ def bench_ablation(sizes, repeats, trials=256, steps=100, n_w=40):
                 out["y_torch"] = torch.cat([rollout_variants(cell, Ws[i:i + chunk], inputs)
                                             for i in range(0, n_w, chunk)])
 
-        t_gemm = t_batched = t_loop = t_torch = float("inf")
+        # the two components alone, in the rollout's chunks and buffers (inputs: a bounded state)
+        parts = [(torch.tanh(torch.randn(min(chunk, n_w - i), trials, n, dtype=torch.float64)),
+                  Ws[i:i + chunk].transpose(1, 2)) for i in range(0, n_w, chunk)]
+        bufs = [torch.empty_like(h) for h, _ in parts]
+
+        def products():
+            for (h, WT), p in zip(parts, bufs):
+                for _ in range(steps):
+                    kernels.matmul_(h, WT, p)
+
+        pre = [torch.randn(h.shape, dtype=torch.float64) for h, _ in parts]  # preactivation-like values
+
+        def nonlinearity():  # what tanh_ does in place, from a fixed source so every step sees the same values
+            for x, p in zip(pre, bufs):
+                for _ in range(steps):
+                    np.tanh(x.numpy(), out=p.numpy())
+
+        t_gemm = t_batched = t_loop = t_torch = t_prod = t_tanh = float("inf")
         for _ in range(reps):
+            t_prod = min(t_prod, best(products, 1)[0])
+            t_tanh = min(t_tanh, best(nonlinearity, 1)[0])
             t_torch = min(t_torch, best(batched_torch, 1)[0])
             # the floor is the faster of the two BLAS libraries at hand (torch's MKL, NumPy's OpenBLAS)
             t_gemm = min(t_gemm, best(lambda: A @ B, 1)[0] * flops / (2.0 * side**3),
@@ -152,7 +177,8 @@ def bench_ablation(sizes, repeats, trials=256, steps=100, n_w=40):
         err = float(max((out["ref"] - out["y"]).abs().max(), (out["y_torch"] - out["y"]).abs().max()))
         assert err < 1e-10, err
         print(f"| {n} | {chunk} | {t_batched:.3f} | {flops / t_batched / 1e9:.1f} | {t_gemm:.3f} | "
-              f"**{t_batched / t_gemm:.2f}** | {t_loop:.3f} | **{t_loop / t_batched:.2f}** | {t_torch:.3f} | "
+              f"**{t_batched / t_gemm:.2f}** | {t_prod:.3f} | {t_tanh:.3f} | {(t_prod + t_tanh) / t_gemm:.2f} | "
+              f"{t_loop:.3f} | **{t_loop / t_batched:.2f}** | {t_torch:.3f} | "
               f"{t_torch / t_batched:.2f} |", flush=True)
 
 
