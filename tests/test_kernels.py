@@ -70,6 +70,29 @@ def test_torch_func_transforms_see_torch_ops():
     assert torch.allclose(g, 1 - torch.tanh(x) ** 2)
 
 
+def test_forward_mode_tangents_see_torch_ops():
+    """A dual tensor of torch.autograd.forward_ad keeps its tangent through tanh and an Elman cell's
+    step (against the cell's own Jacobian), and the out= product refuses it, instead of NumPy dropping it."""
+    import torch.autograd.forward_ad as fwAD
+
+    from rnnprobe.cells import ElmanCell
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    v = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    W = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    cell = ElmanCell(W, torch.zeros(5, 1, dtype=torch.float64), None)
+    with fwAD.dual_level():
+        d = fwAD.make_dual(x, v)
+        assert not kernels.on_numpy(d) and kernels.on_numpy(x)
+        dy = fwAD.unpack_dual(kernels.tanh(d)).tangent
+        torch.testing.assert_close(dy, (1 - torch.tanh(x) ** 2) * v, rtol=1e-14, atol=1e-15)
+        with pytest.raises(NotImplementedError):  # torch's out= product refuses tangents: loud, not dropped
+            kernels.matmul_(d, W.T, torch.empty(4, 5, dtype=torch.float64))
+        ds = fwAD.unpack_dual(cell.step(d)).tangent
+    torch.testing.assert_close(ds, torch.einsum("bij,bj->bi", cell.jacobian(x), v), rtol=1e-13, atol=1e-13)
+
+
 def test_numpy_kernels_can_be_switched_off(monkeypatch):
     x = torch.linspace(-3, 3, 11, dtype=torch.float64)
     assert kernels.on_numpy(x)

@@ -12,8 +12,9 @@ the development machines, one thread; ``bench/schur.py`` reports both):
 
 So on the CPU these functions hand the tensors' memory to NumPy (zero copy:
 ``Tensor.numpy()`` shares it) and elsewhere call torch. Both paths compute
-the same thing to rounding (tests/test_kernels.py compares them); neither
-tracks gradients, so they are for inference loops only.
+the same thing to rounding (tests/test_kernels.py compares them). The NumPy
+path tracks no derivatives, so tensors that autograd, forward-mode AD or a
+``torch.func`` transform follows always take torch's op.
 
 ``RNNPROBE_NUMPY_KERNELS=0`` in the environment, or ``with numpy_kernels(False):``,
 keeps everything in torch (to compare, or to rule the NumPy path out).
@@ -25,6 +26,7 @@ import os
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch._C._functorch import is_functorch_wrapped_tensor
 
 __all__ = ["tanh", "tanh_", "matmul_", "on_numpy", "numpy_kernels"]
@@ -43,12 +45,19 @@ def numpy_kernels(enabled: bool):
         _enabled = before
 
 
+def _has_tangent(t: torch.Tensor) -> bool:
+    """Whether ``t`` carries a forward-mode tangent (``torch.autograd.forward_ad``), which NumPy would drop."""
+    return fwAD._current_level >= 0 and fwAD.unpack_dual(t).tangent is not None
+
+
 def on_numpy(*tensors: torch.Tensor) -> bool:
     """Whether the NumPy kernels can take these tensors: on the CPU, real floating point, and
-    neither tracked by autograd nor wrapped by a ``torch.func`` transform (jvp, vmap, grad)."""
+    neither tracked by autograd (reverse or forward mode) nor wrapped by a ``torch.func``
+    transform (jvp, vmap, grad)."""
     return _enabled and all(
         t.device.type == "cpu" and t.layout == torch.strided and t.dtype in (torch.float64, torch.float32)
         and not t.requires_grad and not t.is_neg() and not is_functorch_wrapped_tensor(t)
+        and not _has_tangent(t)
         for t in tensors)
 
 
