@@ -110,6 +110,17 @@ def test_solver_without_merging_or_warm_start_agrees(bistable_points):
     assert float(d.min(dim=1).values.max()) <= 1e-12
 
 
+
+@pytest.mark.parametrize("warmup_steps", [0, 5])
+def test_initial_states_are_not_modified(warmup_steps):
+    """The caller's tensor of initial states comes back as it went in (the solver works on a copy)."""
+    _, cell = bistable_net()
+    x0 = torch.as_tensor(uniform_init(50, 7, seed=3))
+    before = x0.clone()
+    fps = fp.find_fixed_points(cell, None, x0, warmup_steps=warmup_steps)
+    assert fps.n_unique > 0 and torch.equal(x0, before)
+    assert fps.candidate_states.data_ptr() != x0.data_ptr()
+
 # ---------------------------------------------------------------------------------
 # independent residual check on a random trained-like net and on an untrained chaotic one
 # ---------------------------------------------------------------------------------

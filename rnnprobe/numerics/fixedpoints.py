@@ -596,7 +596,8 @@ def find_fixed_points(
     if not (tol > 0 and slow_tol >= tol):
         raise InputError(f"tolerances must satisfy 0 < tol <= slow_tol; got tol={tol}, slow_tol={slow_tol} "
                          "(--tol, --slow-tol)")
-    x = as_tensor(initial_states, dtype=cell.dtype, device=cell.device, detach=True)
+    # a copy: the solver updates candidates in place, and the caller's tensor must come back unchanged
+    x = as_tensor(initial_states, dtype=cell.dtype, device=cell.device, detach=True).clone()
     if x.dim() != 2 or x.shape[1] != cell.n_state:
         raise InputError(f"initial states must be [n, n_state={cell.n_state}]; got shape {list(x.shape)} (--init)")
     if not bool(torch.isfinite(x).all()):
