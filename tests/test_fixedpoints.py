@@ -121,6 +121,73 @@ def test_initial_states_are_not_modified(warmup_steps):
     assert fps.n_unique > 0 and torch.equal(x0, before)
     assert fps.candidate_states.data_ptr() != x0.data_ptr()
 
+
+# ---------------------------------------------------------------------------------
+# the preconditioned Newton-Krylov steps
+# ---------------------------------------------------------------------------------
+def _mean_jacobian_inverse(cell, x):
+    """(mean_n J(x_n) - I)^-1 from the cell's explicit Jacobians, in numpy."""
+    J = cell.jacobian(torch.as_tensor(x), None).numpy().mean(axis=0)
+    return np.linalg.inv(J - np.eye(J.shape[0]))
+
+
+@pytest.mark.parametrize("form,alpha", [("leaky", 1.0), ("leaky", 0.3), ("rate-outside", 0.5), ("residual", 0.2)])
+def test_preconditioner_is_the_inverse_of_the_mean_jacobian(form, alpha):
+    rng = np.random.default_rng(4)
+    S = 12
+    cell = ElmanCell(1.3 * rng.standard_normal((S, S)) / np.sqrt(S), np.zeros((S, 1)), 0.1 * rng.standard_normal(S),
+                     alpha=alpha, form=form)
+    x = rng.standard_normal((40, S))
+    pre = fp._System(cell, None).preconditioner(torch.as_tensor(x))
+    got = pre(torch.eye(S, dtype=torch.float64)).numpy().T  # rows of I -> rows of P^T
+    np.testing.assert_allclose(got, _mean_jacobian_inverse(cell, x), rtol=1e-10, atol=1e-12)
+
+
+def test_preconditioner_of_a_gated_cell_averages_sampled_jacobians():
+    rng = np.random.default_rng(5)
+    N = 6
+    cell = GRUCell(0.5 * rng.standard_normal((3 * N, 1)), 0.8 * rng.standard_normal((3 * N, N)), None, None)
+    x = rng.uniform(-0.9, 0.9, size=(20, N))  # 20 <= the sample size: every candidate is used
+    pre = fp._System(cell, None).preconditioner(torch.as_tensor(x))
+    got = pre(torch.eye(N, dtype=torch.float64)).numpy().T
+    np.testing.assert_allclose(got, _mean_jacobian_inverse(cell, x), rtol=1e-10, atol=1e-12)
+
+
+def test_right_preconditioned_gmres_solves_and_needs_fewer_products():
+    rng = np.random.default_rng(6)
+    n, S = 16, 20
+    base = np.eye(S) + 0.4 * rng.standard_normal((S, S)) / np.sqrt(S)
+    A = base[None] + 0.05 * rng.standard_normal((n, S, S)) / np.sqrt(S)  # a batch near one matrix
+    b = rng.standard_normal((n, S))
+    At = torch.as_tensor(A)
+    count = {"plain": 0, "pre": 0}
+
+    def apply(key):
+        def f(v):
+            count[key] += 1
+            return (At @ v[:, :, None])[:, :, 0]
+        return f
+
+    Pt = torch.as_tensor(np.linalg.inv(base).T.copy())
+    rtol = torch.full((n,), 1e-10, dtype=torch.float64)
+    plain = fp._gmres(apply("plain"), torch.as_tensor(b), S, rtol)
+    pre = fp._gmres(apply("pre"), torch.as_tensor(b), S, rtol, precond=lambda v: v @ Pt)
+    expect = np.linalg.solve(A, b[:, :, None])[:, :, 0]
+    np.testing.assert_allclose(plain.numpy(), expect, atol=1e-8)
+    np.testing.assert_allclose(pre.numpy(), expect, atol=1e-8)
+    assert count["pre"] <= count["plain"] // 2
+
+
+def test_solver_with_and_without_preconditioning_agree(bistable_points):
+    _, cell, fps = bistable_points
+    krylov = dict(direct_dim=0, direct_max=0)  # Newton-Krylov steps even at S = 7
+    for pre in (True, False):
+        got = fp.find_fixed_points(cell, None, uniform_init(600, 7, seed=0), precondition=pre, **krylov)
+        assert got.stats["krylov_steps"] >= 600
+        assert got.n_unique == 27 and got.n_label(fp.UNCONVERGED) == 0
+        d = torch.cdist(got.states, fps.states, compute_mode="donot_use_mm_for_euclid_dist")
+        assert float(d.min(dim=1).values.max()) <= 1e-12
+
 # ---------------------------------------------------------------------------------
 # independent residual check on a random trained-like net and on an untrained chaotic one
 # ---------------------------------------------------------------------------------
