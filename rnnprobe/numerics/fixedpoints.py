@@ -212,7 +212,7 @@ class _System:
             Jbar.diagonal().add_(cell._self_weight)
         else:
             idx = torch.linspace(0, n - 1, min(n, sample), device=x.device).round().long()
-            Jbar = self.sub(idx).cell.jacobian(x[idx], None if self.u is None else self.u[idx]).mean(0)
+            Jbar = cell.jacobian(x[idx], None if self.u is None else self.u[idx]).mean(0)
         Jbar.diagonal().sub_(1.0)
         P, info = torch.linalg.inv_ex(Jbar)
         if int(info) != 0 or not bool(torch.isfinite(P).all()):
@@ -548,8 +548,8 @@ def find_fixed_points(
     tol: float = 1e-12,
     slow_tol: float = 1e-6,
     max_iter: int = 50,
-    warmup_steps: int = 12,
-    warmup_lr: float = 0.2,
+    warmup_steps: int = 25,
+    warmup_lr: float = 0.1,
     first_order_steps: int = 100,
     first_order_lr: float = 0.01,
     krylov_dim: int = 8,
