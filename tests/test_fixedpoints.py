@@ -122,6 +122,50 @@ def test_initial_states_are_not_modified(warmup_steps):
     assert fps.candidate_states.data_ptr() != x0.data_ptr()
 
 
+
+class _Shifted:
+    """G(x) = (x - c) * w: q = 1/2 ||G||^2, grad q = w^2 (x - c); a stand-in system for the Adam warm start."""
+
+    def __init__(self, c, w):
+        self.c, self.w = c, w
+
+    def value_and_grad(self, x):
+        g = (x - self.c) * self.w
+        return g, 0.5 * (g * g).sum(-1), g * self.w
+
+
+def _textbook_adam(x, c, w, steps, lr, b1=0.9, b2=0.999):
+    """Kingma & Ba's Adam in numpy, keeping each row's best (lowest q) iterate."""
+    m, v = np.zeros_like(x), np.zeros_like(x)
+    q = lambda z: 0.5 * (((z - c) * w) ** 2).sum(-1)  # noqa: E731
+    best, best_q = x.copy(), q(x)
+    for t in range(1, steps + 1):
+        grad = (x - c) * w * w
+        m = b1 * m + (1 - b1) * grad
+        v = b2 * v + (1 - b2) * grad**2
+        x = x - lr * (m / (1 - b1**t)) / np.sqrt(v / (1 - b2**t))
+        better = q(x) < best_q
+        best[better], best_q[better] = x[better], q(x)[better]
+    return best, best_q
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_warm_start_matches_textbook_adam(fused, monkeypatch):
+    if not fused:
+        monkeypatch.setattr(fp, "_FUSED_ADAM", None)
+    elif fp._FUSED_ADAM is None:
+        pytest.skip("this torch has no fused Adam kernel")
+    rng = np.random.default_rng(7)
+    x0, c, w = rng.standard_normal((30, 5)), rng.standard_normal(5), rng.uniform(0.5, 2.0, 5)
+    sys_ = _Shifted(torch.as_tensor(c), torch.as_tensor(w))
+    x0_t = torch.as_tensor(x0)
+    best_x, best_g, best_q = fp._adam(sys_, x0_t, 40, 0.05)
+    ref_x, ref_q = _textbook_adam(x0.copy(), c, w, 40, 0.05)
+    np.testing.assert_allclose(best_x.numpy(), ref_x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(best_q.numpy(), ref_q, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(best_g.numpy(), (ref_x - c) * w, rtol=1e-10, atol=1e-14)
+    assert np.array_equal(x0_t.numpy(), x0)  # the caller's states are not updated in place
+
 # ---------------------------------------------------------------------------------
 # the preconditioned Newton-Krylov steps
 # ---------------------------------------------------------------------------------

@@ -234,21 +234,40 @@ def _q(g: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------
 # building blocks: first-order descent, GMRES, damped direct solves, line search
 # ----------------------------------------------------------------------------------
+# torch's fused Adam kernel (CPU and CUDA): one pass over x, m and v per step instead of
+# about ten elementwise ops (41 us against 300-400 us per step at 1024 x 128, float32)
+_FUSED_ADAM = getattr(torch, "_fused_adam_", None)
+
+
+def _adam_step(x: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor,
+               lr: float, b1: float, b2: float, eps: float) -> None:
+    """One Adam step in place on ``x``, ``m``, ``v``; ``t`` a float tensor holding the step count (advanced here)."""
+    t += 1  # the fused kernel reads the step count; like torch.optim.Adam, advance it first
+    if _FUSED_ADAM is not None:
+        _FUSED_ADAM([x], [grad], [m], [v], [], [t], lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
+                    amsgrad=False, maximize=False)
+        return
+    k = float(t)
+    m.lerp_(grad, 1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = v.sqrt().div_((1 - b2**k) ** 0.5).add_(eps)
+    x.addcdiv_(m, denom, value=-lr / (1 - b1**k))
+
+
 def _adam(system: _System, x: torch.Tensor, steps: int, lr: float):
     """Adam on q for every candidate at once (per-coordinate, per-candidate step sizes).
 
     Returns the best state each candidate visited, its ``G`` and ``q``.
     """
+    x = x.clone()
     g, q, grad = system.value_and_grad(x)
-    best_x, best_g, best_q = x, g, q
+    best_x, best_g, best_q = x.clone(), g, q
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)
-    b1, b2 = 0.9, 0.999
-    for t in range(1, steps + 1):
-        m.mul_(b1).add_(grad, alpha=1 - b1)
-        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (v / (1 - b2**t)).sqrt_().add_(1e-300)
-        x = x - (lr / (1 - b1**t)) * m / denom
+    t = torch.zeros((), dtype=torch.float32, device=x.device)
+    eps = torch.finfo(x.dtype).tiny  # a zero gradient gives a zero step, not 0 / 0
+    for _ in range(steps):
+        _adam_step(x, grad, m, v, t, lr, 0.9, 0.999, eps)
         g, q, grad = system.value_and_grad(x)
         better = q < best_q
         best_x = torch.where(better[:, None], x, best_x)
