@@ -301,6 +301,8 @@ def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle:
     do not need it), Givens rotations per row; stops when every row's residual is below ``rtol`` [n] (relative) or
     after ``m`` products. ``precond`` (``v -> P v``) preconditions from the right: GMRES
     minimises the true residual ``||b - A P y||`` and returns ``x = P y``.
+
+    Returns ``(x, k)``: the solution [n, S] and the number of products taken.
     """
     if precond is not None:
         op = apply
@@ -358,7 +360,7 @@ def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle:
         torch.diagonal(Rk, dim1=1, dim2=2)[fix] = 1.0
     y = torch.linalg.solve_triangular(Rk, e[:, :k, None], upper=True)[:, :, 0]
     x = torch.bmm(y[:, None, :], V[:, :k])[:, 0]
-    return x if precond is None else precond(x)
+    return (x if precond is None else precond(x)), k
 
 
 def _per_matrix(fn: Callable, A: torch.Tensor, *rest: torch.Tensor):
@@ -615,9 +617,13 @@ def find_fixed_points(
         krylov_dim: GMRES dimension of the matrix-free Newton steps.
         krylov_settle: GMRES stops once this fraction of the candidates has met its
             forcing tolerance ``min(0.1, ||G|| / scale)`` (1: all of them).
-        precondition: precondition each GMRES from the right with ``(Jbar - I)^-1``,
-            ``Jbar`` the mean Jacobian of the candidates in that solve (one shared
-            S x S inverse; see :meth:`_System.preconditioner`). Not used matrix-free.
+        precondition: once a GMRES has used all ``krylov_dim`` steps, precondition the
+            later ones from the right with ``(Jbar - I)^-1``, ``Jbar`` the mean Jacobian
+            of the candidates in that solve (one shared S x S inverse, where it costs at
+            most a quarter of the GMRES products; see :meth:`_System.preconditioner`).
+            Trained nets whose Jacobians differ from point to point need it (flip-flop:
+            8 -> 4-6 steps); where plain GMRES converges in 2-3 steps (a planted memory
+            in a weak random background) it would only add work. Not used matrix-free.
         direct_max: explicit Jacobians (LU; Levenberg-Marquardt after a rejected
             step) replace GMRES once the active candidates cost at most this many
             128 x 128 factorisations (``n_active * S^3 <= direct_max * 128^3``);
@@ -666,7 +672,7 @@ def find_fixed_points(
     if grp.shape[0] != n:
         raise InputError(f"groups must have one entry per candidate (n={n}); got {grp.shape[0]}")
     stats = {"n_candidates": n, "warmup_steps": warmup_steps, "newton_iterations": 0, "krylov_steps": 0,
-             "krylov_steps_low_precision": 0, "explore_dtype": str(explore_dtype).replace("torch.", ""),
+             "krylov_steps_low_precision": 0, "krylov_steps_preconditioned": 0, "explore_dtype": str(explore_dtype).replace("torch.", ""),
              "direct_steps": 0, "merged": 0, "merge_verified": 0, "merge_rejected": 0, "first_order": 0}
     if n == 0:
         z = torch.zeros(0, dtype=torch.long, device=dev)
@@ -719,8 +725,10 @@ def find_fixed_points(
     check_at = torch.full((n,), patience, dtype=torch.long, device=dev)
     state[q <= q_floor] = _DONE
 
+    slow_krylov = False  # plain GMRES has used all its steps: precondition from then on
+
     def newton_pass():
-        nonlocal x, g, q, q_check, check_at
+        nonlocal x, g, q, q_check, check_at, slow_krylov
         while True:
             act = ((state == _ACTIVE) & (iters < max_iter)).nonzero()[:, 0]
             state[(state == _ACTIVE) & (iters >= max_iter)] = _DONE
@@ -763,9 +771,15 @@ def find_fixed_points(
                             ip = sel[part]
                             sp = sys_p.sub(ip)
                             xp = xs[part].to(sp.dtype)
-                            pre = sp.preconditioner(xp) if precondition and not matrix_free else None
-                            dx[part] = _gmres(sp.operator(xp), -gs[part].to(sp.dtype), int(m_k), eta[part],
-                                              settle=krylov_settle, precond=pre).to(dt)
+                            # precondition once plain GMRES has needed all its steps, and where the
+                            # S x S inverse costs at most a quarter of the products of one GMRES
+                            pre = (sp.preconditioner(xp) if slow_krylov and S <= 2 * int(part.sum()) else None)
+                            sol, used = _gmres(sp.operator(xp), -gs[part].to(sp.dtype), int(m_k), eta[part],
+                                               settle=krylov_settle, precond=pre)
+                            dx[part] = sol.to(dt)
+                            stats["krylov_steps_preconditioned"] += 0 if pre is None else int(part.sum())
+                            if pre is None and used == int(m_k) and precondition and not matrix_free:
+                                slow_krylov = True
                     stats["krylov_steps"] += int(sel.numel())
                     stats["krylov_steps_low_precision"] += int(rough.sum())
                 else:
