@@ -197,7 +197,16 @@ def test_preconditioner_of_a_gated_cell_averages_sampled_jacobians():
     np.testing.assert_allclose(got, _mean_jacobian_inverse(cell, x), rtol=1e-10, atol=1e-12)
 
 
-def test_right_preconditioned_gmres_solves_and_needs_fewer_products():
+@pytest.mark.parametrize("numpy_bookkeeping", [True, False])
+def test_right_preconditioned_gmres_solves_and_needs_fewer_products(numpy_bookkeeping):
+    """Against numpy's dense solve, with the Givens bookkeeping on NumPy views (CPU) and in torch."""
+    from rnnprobe.numerics.kernels import numpy_kernels
+
+    with numpy_kernels(numpy_bookkeeping):
+        _check_preconditioned_gmres()
+
+
+def _check_preconditioned_gmres():
     rng = np.random.default_rng(6)
     n, S = 16, 20
     base = np.eye(S) + 0.4 * rng.standard_normal((S, S)) / np.sqrt(S)
