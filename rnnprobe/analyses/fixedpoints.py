@@ -28,6 +28,7 @@ Jacobian; no memory basis is formed (it needs the dense J).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from pathlib import Path
 
@@ -39,6 +40,9 @@ from rnnprobe.cells.elman import ElmanCell
 from rnnprobe.errors import AnalysisError, InputError
 from rnnprobe.model import Model
 from rnnprobe.numerics import fixedpoints as fp
+
+# the solver's own defaults, so that the command line and the library cannot drift apart
+_SOLVER = {k: p.default for k, p in inspect.signature(fp.find_fixed_points).parameters.items()}
 
 __all__ = ["FixedpointsOptions", "FixedpointsResult", "run", "ANALYSIS", "sample_initial_states",
            "task_conditions", "parse_input"]
@@ -67,15 +71,15 @@ class FixedpointsOptions(Options):
         "used as given (no noise)."))
     trajectory_steps: int = option(100, min=1, help=(
         "Steps of the autonomous (zero-input) trajectories sampled when no task is known."))
-    tol: float = option(1e-12, min=0.0, min_open=True, help="q = 1/2 ||F(h) - h||^2 at or below this: fixed point.")
-    slow_tol: float = option(1e-6, min=0.0, min_open=True, help="q at or below this (above --tol): slow point.")
-    max_iter: int = option(50, min=1, help="Newton iterations per candidate (a cap).")
-    warmup_steps: int = option(25, min=0, help=(
+    tol: float = option(_SOLVER["tol"], min=0.0, min_open=True, help="q = 1/2 ||F(h) - h||^2 at or below this: fixed point.")
+    slow_tol: float = option(_SOLVER["slow_tol"], min=0.0, min_open=True, help="q at or below this (above --tol): slow point.")
+    max_iter: int = option(_SOLVER["max_iter"], min=1, help="Newton iterations per candidate (a cap).")
+    warmup_steps: int = option(_SOLVER["warmup_steps"], min=0, help=(
         "First-order (Adam) steps on q for every candidate before Newton: they widen the basins of saddles."))
-    merge_tol: float = option(1e-3, min=0.0, help=(
+    merge_tol: float = option(_SOLVER["merge_tol"], min=0.0, help=(
         "Merge candidates whose Newton iterations settle within this distance (relative to the state scale) "
         "so that the rest of the work runs on distinct points; every merge is verified. 0: never merge."))
-    dedupe_tol: float = option(1e-6, min=0.0, min_open=True, help=(
+    dedupe_tol: float = option(_SOLVER["dedupe_tol"], min=0.0, min_open=True, help=(
         "Points agreeing to this (sup norm, relative to the state scale) are one point."))
     marginal_tol: float = option(1e-3, min=0.0, help=(
         "Eigenvalues within this of the unit circle are marginal (a continuous attractor's directions)."))
