@@ -216,7 +216,7 @@ def integrate(cell: Cell, h0: torch.Tensor, duration, n_steps: int, u=None, *, d
     ``n_steps`` so that ``h`` times the largest rate of ``f`` is small (0.05
     gives about 1e-7 relative error over a period).
     """
-    h = as_tensor(h0, dtype=cell.dtype, device=cell.device)
+    h = as_tensor(h0, dtype=cell.dtype, device=cell.device).clone()  # the result never aliases the caller's h0
     B, S = h.shape
     u = _inputs(cell, u, B)
     step = time_step(cell, dt)

@@ -109,6 +109,8 @@ def test_gated_jacobians_are_consistent(name):
     assert torch.allclose(F, cell.step(s, u), atol=0) and not F.requires_grad
     assert torch.allclose(pullback(V[:, :, 0]), (J.transpose(1, 2) @ V)[:, :, 0], atol=1e-12)
     assert cell.input_jacobian(s, u).shape == (B, cell.n_state, D)
+    h2, JV = cell.step_and_jvp(s.numpy(), u, V)  # states as an array, like jvp and step take them
+    assert torch.allclose(h2, cell.step(s, u), atol=0) and torch.allclose(JV, J @ V, atol=1e-12)
     with pytest.raises(NoRecurrentMatrix, match="no single recurrent matrix"):
         cell.matrices()
 

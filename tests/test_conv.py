@@ -432,3 +432,21 @@ def test_the_shipped_unitary_sample_loads_as_its_own_cell():
     assert model.cell.kind == "user" and model.cell.n_state == 128
     op = model.cell.recurrent_operator()
     assert nconv.unitarity_error(op.kernel) < 1e-12 and nconv.antisymmetry_error(op.generator) == 0.0
+
+
+def test_kernel_measures_take_numpy_arrays_and_tensors_alike():
+    """Arrays and tensors give the same numbers; the kernel's operator checked densely in numpy."""
+    rng = np.random.default_rng(11)
+    for shape in ((5,), (3, 3), (2, 2, 3, 3)):
+        K = rng.standard_normal(shape)
+        Kt = torch.as_tensor(K)
+        assert nconv.antisymmetry_error(K) == pytest.approx(nconv.antisymmetry_error(Kt), rel=1e-14)
+        assert nconv.symmetry_error(K) == pytest.approx(nconv.symmetry_error(Kt), rel=1e-14)
+        np.testing.assert_allclose(nconv.antisymmetrize(K).numpy(), nconv.antisymmetrize(Kt).numpy(), atol=0)
+        np.testing.assert_allclose(nconv.anti_hermitian_from_real(K).numpy(),
+                                   nconv.anti_hermitian_from_real(Kt).numpy(), atol=0)
+    # against the dense matrix of the kernel's operator on a 1-D lattice of 5 sites
+    K = rng.standard_normal(5)
+    W = CircularConvOperator(torch.as_tensor(K), (5,)).dense().numpy()
+    assert nconv.antisymmetry_error(K) == pytest.approx(np.linalg.norm(W + W.T) / (2 * np.linalg.norm(W)), rel=1e-12)
+    assert nconv.symmetry_error(K) == pytest.approx(np.linalg.norm(W - W.T) / (2 * np.linalg.norm(W)), rel=1e-12)

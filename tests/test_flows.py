@@ -90,6 +90,9 @@ def test_rk4_rotation_and_its_tangent_match_the_matrix_exponential():
     np.testing.assert_allclose(sol.state[0].numpy(), [1.0, 0.0], atol=1e-9)
     norms = sol.states[0].norm(dim=-1).numpy()
     np.testing.assert_allclose(norms, 1.0, atol=1e-9)
+    # no steps: the start comes back as a copy, never the caller's tensor itself
+    zero = flows.integrate(cell, h0, T, 0)
+    assert torch.equal(zero.state, h0) and zero.state.data_ptr() != h0.data_ptr()
 
 
 @pytest.mark.parametrize("form", ["leaky", "residual"])

@@ -225,6 +225,7 @@ class Cell(abc.ABC):
 
     def step_and_jvp(self, s: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor):
         """``(F(s, u), J V)`` in one pass where the cell can share work."""
+        s = as_tensor(s, dtype=self.dtype, device=self.device)
         return self.step(s, u), self.jvp(s, u, V)
 
     def step_and_vjp(self, s: torch.Tensor, u: torch.Tensor | None = None):

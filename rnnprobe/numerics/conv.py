@@ -155,6 +155,11 @@ def adjoint_kernel(K) -> torch.Tensor:
     return A[0, 0] if single else A
 
 
+def _as_kernel(K) -> torch.Tensor:
+    """A kernel given as an array or a tensor, as a tensor (arrays are copied, tensors kept)."""
+    return K if isinstance(K, torch.Tensor) else torch.as_tensor(K)
+
+
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     nb = float(torch.linalg.vector_norm(b))
     return float(torch.linalg.vector_norm(a)) / nb if nb > 0 else 0.0
@@ -163,7 +168,8 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def antisymmetry_error(K) -> float:
     """``||W + W^H||_F / (2 ||W||_F)`` of the kernel's operator: 0 for an antisymmetric kernel
     (anti-Hermitian if complex), 1 for a symmetric one."""
-    return _relative(K + adjoint_kernel(K), 2 * K if isinstance(K, torch.Tensor) else 2 * torch.as_tensor(K))
+    K = _as_kernel(K)
+    return _relative(K + adjoint_kernel(K), 2 * K)
 
 
 anti_hermitian_error = antisymmetry_error
@@ -172,7 +178,8 @@ anti_hermitian_error = antisymmetry_error
 
 def symmetry_error(K) -> float:
     """``||W - W^H||_F / (2 ||W||_F)``: 0 for a symmetric (Hermitian) kernel."""
-    return _relative(K - adjoint_kernel(K), 2 * K if isinstance(K, torch.Tensor) else 2 * torch.as_tensor(K))
+    K = _as_kernel(K)
+    return _relative(K - adjoint_kernel(K), 2 * K)
 
 
 def unitarity_error(K) -> float:
@@ -188,11 +195,13 @@ def unitarity_error(K) -> float:
 
 def antisymmetrize(U) -> torch.Tensor:
     """``(U - U~) / 2``: the antisymmetric part (its exponential is orthogonal)."""
+    U = _as_kernel(U)
     return (U - adjoint_kernel(U)) / 2
 
 
 def anti_hermitian_from_real(U) -> torch.Tensor:
     """Magnasco's bijection (section 4): ``(U - U~)/2 + i (U + U~)/2`` for a real kernel U; anti-Hermitian."""
+    U = _as_kernel(U)
     A = adjoint_kernel(U)
     return torch.complex((U - A) / 2, (U + A) / 2)
 
