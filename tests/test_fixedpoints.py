@@ -74,6 +74,10 @@ def test_bistable_units_all_27_points(bistable_points):
     # every point is a fixed point to round-off, recomputed in numpy
     assert numpy_residual(W, None, got).max() <= 1e-10
     assert fps.q.max() <= 1e-24
+    # every candidate's q is q at its own final state (merged candidates included)
+    assert fps.stats["merged"] > 0 and fps.stats["merge_rejected"] == 0
+    r = numpy_residual(W, None, fps.candidate_states.numpy())
+    np.testing.assert_allclose(np.sqrt(2 * fps.candidate_q.numpy()), r, rtol=1e-6, atol=1e-13)
 
 
 def test_bistable_stability_and_eigenvalues(bistable_points):
@@ -253,6 +257,11 @@ def test_preconditioned_newton_krylov_on_a_trained_net_agrees_with_plain():
     assert pre.n_label(fp.UNCONVERGED) == 0 and min(pre.n_unique, plain.n_unique) >= 9
     residual = np.linalg.norm(cell.step(pre.states).numpy() - pre.states.numpy(), axis=1)
     assert residual.max() <= 1e-10
+    # every candidate's q is q at its own final state, the merged and verified ones included
+    assert pre.stats["merge_verified"] > 0
+    X = pre.candidate_states
+    r = np.linalg.norm(cell.step(X).numpy() - X.numpy(), axis=1)
+    np.testing.assert_allclose(np.sqrt(2 * pre.candidate_q.numpy()), r, rtol=1e-6, atol=1e-13)
     # the same 8 stable points; the saddles reached from random starts may differ by one or two
     stable = [f.states[fp.classify(fp.linearize(cell, f.states).eigenvalues, 1e-3)[0] == fp.STABLE] for f in (pre, plain)]
     assert stable[0].shape[0] == stable[1].shape[0] == 8

@@ -885,17 +885,16 @@ def find_fixed_points(
             order = torch.argsort(which)
             bounds = torch.searchsorted(which[order], torch.arange(roots.numel() + 1, device=dev))
             ok = good_root[which].clone()
-            gy = sub.G(y)
-            qy = _q(gy)
+            gy, qy = g[f].clone(), q[f].clone()  # G and q at x[f], kept with x by every update
             for _ in range(verify_steps):
                 moving = ok & (qy > q_floor)
                 if not bool(moving.any()):
                     break
                 corr = torch.zeros_like(y)
-                for k in good_root.nonzero()[:, 0].tolist():  # one factorisation per distinct point
+                # one factorisation per distinct point, for the points with followers still moving
+                for k in torch.unique(which[moving]).tolist():
                     rows = order[bounds[k]:bounds[k + 1]]
-                    if rows.numel():
-                        corr[rows] = torch.linalg.lu_solve(LU[k], piv[k], gy[rows].T).T
+                    corr[rows] = torch.linalg.lu_solve(LU[k], piv[k], gy[rows].T).T
                 y = torch.where(moving[:, None], y - corr, y)
                 ok &= torch.isfinite(y).all(dim=1)
                 gy = sub.G(y)
