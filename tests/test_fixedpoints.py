@@ -263,7 +263,8 @@ def test_preconditioned_newton_krylov_on_a_trained_net_agrees_with_plain():
     r = np.linalg.norm(cell.step(X).numpy() - X.numpy(), axis=1)
     np.testing.assert_allclose(np.sqrt(2 * pre.candidate_q.numpy()), r, rtol=1e-6, atol=1e-13)
     # the same 8 stable points; the saddles reached from random starts may differ by one or two
-    stable = [f.states[fp.classify(fp.linearize(cell, f.states).eigenvalues, 1e-3)[0] == fp.STABLE] for f in (pre, plain)]
+    codes = [fp.classify(fp.linearize(cell, f.states).eigenvalues, 1e-3)[0] for f in (pre, plain)]
+    stable = [f.states[c == fp.STABLE] for f, c in zip((pre, plain), codes)]
     assert stable[0].shape[0] == stable[1].shape[0] == 8
     d = torch.cdist(*stable, compute_mode="donot_use_mm_for_euclid_dist")
     assert float(d.min(dim=1).values.max()) <= 1e-12

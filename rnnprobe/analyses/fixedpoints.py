@@ -71,8 +71,10 @@ class FixedpointsOptions(Options):
         "used as given (no noise)."))
     trajectory_steps: int = option(100, min=1, help=(
         "Steps of the autonomous (zero-input) trajectories sampled when no task is known."))
-    tol: float = option(_SOLVER["tol"], min=0.0, min_open=True, help="q = 1/2 ||F(h) - h||^2 at or below this: fixed point.")
-    slow_tol: float = option(_SOLVER["slow_tol"], min=0.0, min_open=True, help="q at or below this (above --tol): slow point.")
+    tol: float = option(_SOLVER["tol"], min=0.0, min_open=True,
+                        help="q = 1/2 ||F(h) - h||^2 at or below this: fixed point.")
+    slow_tol: float = option(_SOLVER["slow_tol"], min=0.0, min_open=True,
+                             help="q at or below this (above --tol): slow point.")
     max_iter: int = option(_SOLVER["max_iter"], min=1, help="Newton iterations per candidate (a cap).")
     warmup_steps: int = option(_SOLVER["warmup_steps"], min=0, help=(
         "First-order (Adam) steps on q for every candidate before Newton: they widen the basins of saddles."))

@@ -294,7 +294,7 @@ def _combine(h: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle: float = 1.0,
-           reorthogonalize: bool = False, precond: Callable | None = None) -> torch.Tensor:
+           reorthogonalize: bool = False, precond: Callable | None = None) -> tuple[torch.Tensor, int]:
     """Batched GMRES (x0 = 0, no restart): solve ``A x = b`` for every row of ``b`` [n, S].
 
     Arnoldi with classical Gram-Schmidt (with ``reorthogonalize`` a second pass
@@ -682,8 +682,8 @@ def find_fixed_points(
     if grp.shape[0] != n:
         raise InputError(f"groups must have one entry per candidate (n={n}); got {grp.shape[0]}")
     stats = {"n_candidates": n, "warmup_steps": warmup_steps, "newton_iterations": 0, "krylov_steps": 0,
-             "krylov_steps_low_precision": 0, "krylov_steps_preconditioned": 0, "explore_dtype": str(explore_dtype).replace("torch.", ""),
-             "direct_steps": 0, "merged": 0, "merge_verified": 0, "merge_rejected": 0, "first_order": 0}
+             "krylov_steps_low_precision": 0, "krylov_steps_preconditioned": 0,
+             "explore_dtype": str(explore_dtype).replace("torch.", ""), "direct_steps": 0, "merged": 0, "merge_verified": 0, "merge_rejected": 0, "first_order": 0}
     if n == 0:
         z = torch.zeros(0, dtype=torch.long, device=dev)
         return FixedPointSet(x.new_zeros(0, S), x.new_zeros(0), z.to(torch.int8), z,
