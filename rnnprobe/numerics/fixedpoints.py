@@ -322,8 +322,9 @@ def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle:
     # the per-row least-squares bookkeeping (Givens rotations on [n]-vectors, a few hundred tiny
     # ops per solve) runs on NumPy views of the same memory on the CPU: 0.2-0.6 ms against
     # 1.1-1.6 ms in torch for m = 8, n = 39 .. 1024 (per-op overhead); the same code either way
-    small = (lambda t: t.numpy()) if kernels.on_numpy(b, rtol) else (lambda t: t)
-    xp = np if kernels.on_numpy(b, rtol) else torch
+    on_numpy = kernels.on_numpy(b, rtol)
+    small = (lambda t: t.numpy()) if on_numpy else (lambda t: t)
+    xp = np if on_numpy else torch
     R_, cs_, sn_, e_ = small(R), small(cs), small(sn), small(e)
     bound = small(rtol.to(b.dtype) * beta)
     k = m
@@ -683,7 +684,8 @@ def find_fixed_points(
         raise InputError(f"groups must have one entry per candidate (n={n}); got {grp.shape[0]}")
     stats = {"n_candidates": n, "warmup_steps": warmup_steps, "newton_iterations": 0, "krylov_steps": 0,
              "krylov_steps_low_precision": 0, "krylov_steps_preconditioned": 0,
-             "explore_dtype": str(explore_dtype).replace("torch.", ""), "direct_steps": 0, "merged": 0, "merge_verified": 0, "merge_rejected": 0, "first_order": 0}
+             "explore_dtype": str(explore_dtype).replace("torch.", ""), "direct_steps": 0, "merged": 0,
+             "merge_verified": 0, "merge_rejected": 0, "first_order": 0}
     if n == 0:
         z = torch.zeros(0, dtype=torch.long, device=dev)
         return FixedPointSet(x.new_zeros(0, S), x.new_zeros(0), z.to(torch.int8), z,
