@@ -237,35 +237,40 @@ class ElmanCell(Cell):
         h = as_tensor(h, dtype=self.dtype, device=self.device)
         return self._apply_J(self._gain(h, u), V)
 
-    def vjp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
-        h = as_tensor(h, dtype=self.dtype, device=self.device)
-        d = self._gain(h, u)
+    def _apply_JT(self, d: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """``J^T V`` for ``V`` [B, S] or [B, S, k], ``d`` = phi' where it enters J (:meth:`_gain`)."""
         col = V.dim() == 3
         Vc = V if col else V[:, :, None]
         dd = d[:, :, None]
         if self.form == "rate-outside":
-            out = self.alpha * dd * self.op.rmat_cols(Vc)
+            out = dd * self.op.rmat_cols(Vc)
         else:
-            out = self.alpha * self.op.rmat_cols(dd * Vc)
+            out = self.op.rmat_cols(dd * Vc)
+        if self.alpha != 1.0:
+            out = self.alpha * out
         if self._self_weight != 0.0:
             out = out + self._self_weight * Vc
         return out if col else out[:, :, 0]
 
+    def vjp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
+        h = as_tensor(h, dtype=self.dtype, device=self.device)
+        return self._apply_JT(self._gain(h, u), V)
+
     def step_and_vjp(self, h: torch.Tensor, u: torch.Tensor | None = None):
         """``(F(h, u), v -> J^T v)``: phi' computed once, each pullback one product with W_hh^T."""
         h = as_tensor(h, dtype=self.dtype, device=self.device)
-        a, nl, sw = self.alpha, self.nl, self._self_weight
+        a, nl = self.alpha, self.nl
         x = self.preactivation(h, u)
         if self.form == "rate-outside":  # J = (1 - a) I + a W diag(phi'(h))
             d = nl.dphi(h)
-            return (1.0 - a) * h + a * x, lambda v: a * d * self.op.rmatvec(v) + sw * v
+            return (1.0 - a) * h + a * x, lambda v: self._apply_JT(d, v)
         p = nl.phi(x)  # J = sw I + a diag(phi'(x)) W
         d = nl.dphi_from_output(p) if nl.dphi_from_output is not None else nl.dphi(x)
         if self.form == "leaky":
             F = p if a == 1.0 else h + a * (p - h)
         else:
             F = h + a * p
-        return F, lambda v: a * self.op.rmatvec(d * v) + sw * v
+        return F, lambda v: self._apply_JT(d, v)
 
     def step_and_jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor):
         """``(F(h, u), J V)``: the state rides in the same GEMM as the tangent columns."""
