@@ -178,6 +178,29 @@ def _mean_jacobian_inverse(cell, x):
     return np.linalg.inv(J - np.eye(J.shape[0]))
 
 
+def test_line_search_keeps_g_with_x_where_it_rejects_the_step():
+    """Rows whose step every length of the ladder rejects come back with x, G and q all unchanged
+    (G is the next Newton step's right-hand side: it must be G at the state that is kept)."""
+    rng = np.random.default_rng(12)
+    S, n = 8, 10
+    cell = ElmanCell(0.5 * rng.standard_normal((S, S)) / np.sqrt(S), np.zeros((S, 1)), 0.1 * rng.standard_normal(S))
+    system = fp._System(cell, None)
+    x = torch.as_tensor(rng.standard_normal((n, S)))
+    g = system.G(x)
+    q = fp._q(g)
+    dx = torch.as_tensor(rng.standard_normal((n, S)))
+    dx[::2] *= 1e6  # far too long even at 1/1024: rejected
+    dx[1::2] = -1e-3 * g[1::2]  # short steps: accepted or not, the checks below hold for every row
+    xn, gn, qn, t = fp._line_search(system, x, dx, q, g)
+    rej = (t == 0).numpy()
+    assert rej[::2].all()
+    for name, got, ref in (("x", xn, x), ("G", gn, g), ("q", qn, q)):
+        np.testing.assert_array_equal(got.numpy()[rej], ref.numpy()[rej], err_msg=name)
+    # every row: G and q are those of the state returned
+    np.testing.assert_allclose(gn.numpy(), system.G(xn).numpy(), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(qn.numpy(), fp._q(system.G(xn)).numpy(), rtol=1e-14, atol=0)
+
+
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu", "softplus"])
 @pytest.mark.parametrize("form,alpha", [("leaky", 1.0), ("leaky", 0.3), ("residual", 0.2), ("residual", 1.0),
                                         ("rate-outside", 0.5)])

@@ -470,14 +470,16 @@ def _damped_solve(A: torch.Tensor, g: torch.Tensor, mu: torch.Tensor) -> torch.T
 _LADDER = 10  # step lengths 1/2 .. 1/1024 tried after a rejected full step
 
 
-def _line_search(system: _System, x: torch.Tensor, dx: torch.Tensor, q: torch.Tensor):
+def _line_search(system: _System, x: torch.Tensor, dx: torch.Tensor, q: torch.Tensor, g: torch.Tensor):
     """Per-candidate backtracking on q: the longest of 1, 1/2, ..., 1/1024 with sufficient decrease.
 
-    Returns ``(x_new, g_new, q_new, t)``; ``t = 0`` (and ``x`` unchanged) where no step length works.
+    ``g`` and ``q`` are G and q at ``x``. Returns ``(x_new, g_new, q_new, t)``; where no step
+    length works, ``t = 0`` and ``x``, ``g``, ``q`` come back unchanged.
     """
     c = 1e-4
     finite = torch.isfinite(dx).all(dim=1)
-    dx = torch.where(finite[:, None], dx, torch.zeros_like(dx))
+    if not bool(finite.all()):
+        dx = torch.where(finite[:, None], dx, torch.zeros_like(dx))
     xt = x + dx
     gt = system.G(xt)
     qt = _q(gt)
@@ -500,8 +502,11 @@ def _line_search(system: _System, x: torch.Tensor, dx: torch.Tensor, q: torch.Te
         qt[sel] = qb[rows, first][anyb]
         t[sel] = steps[first][anyb]
     rejected = t == 0
-    xt = torch.where(rejected[:, None], x, xt)
-    return xt, gt, torch.where(rejected, q, qt), t
+    if bool(rejected.any()):
+        xt = torch.where(rejected[:, None], x, xt)
+        gt = torch.where(rejected[:, None], g, gt)
+        qt = torch.where(rejected, q, qt)
+    return xt, gt, qt, t
 
 
 # ----------------------------------------------------------------------------------
@@ -826,7 +831,10 @@ def find_fixed_points(
                 if sel.numel() == 0:
                     continue
                 sub = system.sub(sel)
-                xs, gs, qs = x[sel], g[sel], q[sel]
+                # sel is ascending (from a mask): all n of them is every candidate in order, and the
+                # first iterations, on every candidate, then work on x, g, q without gathering copies
+                full = sel.numel() == n
+                xs, gs, qs = (x, g, q) if full else (x[sel], g[sel], q[sel])
                 if method == "krylov":
                     eta = torch.clamp(gs.norm(dim=1) / scale, max=0.1)
                     dx = torch.empty_like(gs)
@@ -836,15 +844,19 @@ def find_fixed_points(
                         # one GMRES per Krylov dimension in use (only matrix-free retries use others)
                         for m_k in torch.unique(kdim[sel][part_all]).tolist():
                             part = part_all & (kdim[sel] == m_k)
+                            whole = bool(part.all())
                             ip = sel[part]
                             sp = sys_p.sub(ip)
-                            xp = xs[part].to(sp.dtype)
+                            xp = (xs if whole else xs[part]).to(sp.dtype)
                             # precondition once plain GMRES has needed all its steps, and where the
                             # S x S inverse costs at most a quarter of the products of one GMRES
                             pre = (sp.preconditioner(xp) if slow_krylov and S <= 2 * int(part.sum()) else None)
-                            sol, used = _gmres(sp.operator(xp), -gs[part].to(sp.dtype), int(m_k), eta[part],
-                                               settle=krylov_settle, precond=pre)
-                            dx[part] = sol.to(dt)
+                            sol, used = _gmres(sp.operator(xp), -(gs if whole else gs[part]).to(sp.dtype), int(m_k),
+                                               eta[part], settle=krylov_settle, precond=pre)
+                            if whole:
+                                dx = sol.to(dt)
+                            else:
+                                dx[part] = sol.to(dt)
                             stats["krylov_steps_preconditioned"] += 0 if pre is None else int(part.sum())
                             if pre is None and used == int(m_k) and precondition and not matrix_free:
                                 slow_krylov = True
@@ -859,11 +871,14 @@ def find_fixed_points(
                         A_scale[c] = (A * A).sum(dim=(1, 2)) / S
                         del A
                     stats["direct_steps"] += int(sel.numel())
-                xn, gn, qn, t = _line_search(sub, xs, dx, qs)
+                xn, gn, qn, t = _line_search(sub, xs, dx, qs, gs)
                 iters[sel] += 1
                 ok = t > 0
                 step = (dx.abs().amax(dim=1) * t)
-                x[sel], g[sel], q[sel] = xn, gn, qn
+                if full:
+                    x, g, q = xn, gn, qn
+                else:
+                    x[sel], g[sel], q[sel] = xn, gn, qn
                 # damping: relax after a success, tighten after a rejection
                 if method == "direct":
                     mu0 = 1e-10 * A_scale
