@@ -948,15 +948,16 @@ def find_fixed_points(
         for rc in torch.split(torch.arange(all_roots.numel(), device=dev), chunk):
             roots = all_roots[rc]
             mine = ((all_which >= rc[0]) & (all_which <= rc[-1])).nonzero()[:, 0]
+            # followers sorted by their point: each point's followers are one slice of y and gy
+            mine = mine[torch.argsort(all_which[mine], stable=True)]
             f = fol[mine]
             which = all_which[mine] - rc[0]
+            bounds = torch.searchsorted(which, torch.arange(roots.numel() + 1, device=dev)).tolist()
             good_root = q[roots] <= tol
             LU, piv, info = _per_matrix(torch.linalg.lu_factor_ex, system.sub(roots).jacobian(x[roots]))
             good_root &= (info == 0) & torch.isfinite(LU).all(dim=(1, 2))
             y = x[f].clone()
             sub = system.sub(f)
-            order = torch.argsort(which)
-            bounds = torch.searchsorted(which[order], torch.arange(roots.numel() + 1, device=dev))
             ok = good_root[which].clone()
             gy, qy = g[f].clone(), q[f].clone()  # G and q at x[f], kept with x by every update
             for _ in range(verify_steps):
@@ -966,8 +967,8 @@ def find_fixed_points(
                 corr = torch.zeros_like(y)
                 # one factorisation per distinct point, for the points with followers still moving
                 for k in torch.unique(which[moving]).tolist():
-                    rows = order[bounds[k]:bounds[k + 1]]
-                    corr[rows] = torch.linalg.lu_solve(LU[k], piv[k], gy[rows].T).T
+                    a, b = bounds[k], bounds[k + 1]
+                    corr[a:b] = torch.linalg.lu_solve(LU[k], piv[k], gy[a:b].T).T
                 y = torch.where(moving[:, None], y - corr, y)
                 ok &= torch.isfinite(y).all(dim=1)
                 gy = sub.G(y)
