@@ -363,6 +363,34 @@ def test_untrained_gain_15_net_reports_no_unconverged_point():
         assert int(n_unstable[at_origin][0]) == int((np.abs(ev) > 1 + 1e-3).sum())
 
 
+@pytest.mark.parametrize("seed", [100, 102])
+def test_untrained_gain_15_net_reports_each_point_once_polished_and_in_odd_pairs(seed):
+    """tanh(W h) with no bias is odd, so its fixed points come in pairs +-h (and the origin).
+
+    Candidates whose Newton-Krylov steps crept below tol (q ~ 1e-13) without reaching round-off
+    used to end 1e-6 .. 3e-5 of the scale away from their point and were reported as extra,
+    unpaired "distinct" points (12 for 11 at seed 100, 20 for 17 at seed 102)."""
+    N = 128
+    rng = np.random.default_rng(seed)
+    W = 1.5 * rng.standard_normal((N, N)) / np.sqrt(N)
+    cell = ElmanCell(W, np.zeros((N, 1)), None)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        traj = cell.autonomous(torch.randn(32, N, generator=g, dtype=torch.float64), 64).reshape(-1, N)
+    rms = float(traj.pow(2).mean().sqrt())
+    x0 = traj[torch.randperm(traj.shape[0], generator=g)[:512]] + 0.5 * rms * torch.randn(
+        512, N, generator=g, dtype=torch.float64)
+    fps = fp.find_fixed_points(cell, None, x0)
+    pts = fps.states.numpy()[fps.labels.numpy() == fp.FIXED]
+    assert len(pts) >= 3
+    np.testing.assert_array_less(numpy_residual(W, None, pts), 1e-10)  # polished, recomputed in numpy
+    d = np.abs(pts[:, None, :] - pts[None, :, :]).max(axis=2)
+    np.fill_diagonal(d, np.inf)
+    assert d.min() > 1e-3 * fps.scale  # each point once
+    mirror = np.abs(-pts[:, None, :] - pts[None, :, :]).max(axis=2).min(axis=1)
+    assert mirror.max() <= 1e-8 * fps.scale  # and with its mirror image
+
+
 # ---------------------------------------------------------------------------------
 # memory basis: the linear repeat-copy network
 # ---------------------------------------------------------------------------------

@@ -697,7 +697,9 @@ def find_fixed_points(
         direct_max: explicit Jacobians (LU; Levenberg-Marquardt after a rejected
             step) replace GMRES once the active candidates cost at most this many
             128 x 128 factorisations (``n_active * S^3 <= direct_max * 128^3``);
-            candidates whose Newton-Krylov step was rejected always use them.
+            candidates whose Newton-Krylov step was rejected, or cut q less than 4x near a
+            root (q <= slow_tol, where a step meeting its forcing term cuts it 100x), use them
+            from then on (matrix-free: twice the Krylov dimension, in full precision).
         direct_dim: state sizes up to this always use explicit Jacobians.
         polish_iter: Newton iterations a candidate may spend below ``tol``
             polishing towards round-off (quadratic convergence needs 1-2).
@@ -884,11 +886,17 @@ def find_fixed_points(
                     mu0 = 1e-10 * A_scale
                     m_new = torch.where(ok, mu[sel] / 8, torch.maximum(mu[sel] * 8, mu0))
                     mu[sel] = torch.where(m_new < mu0, torch.zeros_like(m_new), m_new)
-                elif matrix_free:
-                    kdim[sel[~ok]] = torch.clamp(2 * kdim[sel[~ok]], max=8 * krylov_dim)
-                    exact[sel[~ok]] = True
                 else:
-                    direct[sel[~ok]] = True
+                    # near a root (q <= slow_tol) a Newton-Krylov step meeting its forcing term cuts q
+                    # by eta^2 <= 1e-2; one that cuts it less than 4x has a poor Krylov direction
+                    # (accepted steps creeping down from q ~ 1e-12 never reach round-off and leave the
+                    # point 1e-6 away, a "distinct" duplicate): such candidates switch like rejected ones
+                    poor = ~ok | ((qs <= slow_tol) & (qn > 0.25 * qs))
+                    if matrix_free:
+                        kdim[sel[poor]] = torch.clamp(2 * kdim[sel[poor]], max=8 * krylov_dim)
+                        exact[sel[poor]] = True
+                    else:
+                        direct[sel[poor]] = True
                 fails[sel] = torch.where(ok, torch.zeros_like(fails[sel]), fails[sel] + 1)
                 below_tol[sel] += (qn <= tol).long()
                 done = (qn <= q_floor) | ((qn <= tol) & ((ok & (step <= 16 * eps * scale))
