@@ -467,6 +467,7 @@ def _damped_solve(A: torch.Tensor, g: torch.Tensor, mu: torch.Tensor) -> torch.T
     return dx
 
 
+_RESTARTS = 3  # GMRES restarts at the largest Krylov dimension (matrix-free)
 _LADDER = 10  # step lengths 1/2 .. 1/1024 tried after a rejected full step
 
 
@@ -718,9 +719,10 @@ def find_fixed_points(
         jacobian_memory: bytes of explicit Jacobians (and their factors) held at once;
             larger batches are processed in chunks. When not even one fits, or W_hh is a
             convolution too large for its dense form (:func:`dense_jacobian_feasible`),
-            the solver is matrix-free throughout: Newton-Krylov only (a rejected step
-            retries with twice the Krylov dimension, up to 8 x ``krylov_dim``, in
-            full precision), and no merging (its verification factorises Jacobians).
+            the solver is matrix-free throughout: Newton-Krylov only (a rejected or poor
+            step retries with twice the Krylov dimension, up to 8 x ``krylov_dim``, in
+            full precision, restarted up to 3 times there until the forcing term is met),
+            and no merging (its verification factorises Jacobians).
         groups: ``[n]`` integer condition of each candidate; points of different
             groups are never merged (use with per-candidate inputs).
         progress: an object with ``start(desc, total)``, ``advance()``, ``stop()``.
@@ -853,8 +855,19 @@ def find_fixed_points(
                             # precondition once plain GMRES has needed all its steps, and where the
                             # S x S inverse costs at most a quarter of the products of one GMRES
                             pre = (sp.preconditioner(xp) if slow_krylov and S <= 2 * int(part.sum()) else None)
-                            sol, used = _gmres(sp.operator(xp), -(gs if whole else gs[part]).to(sp.dtype), int(m_k),
-                                               eta[part], settle=krylov_settle, precond=pre)
+                            A = sp.operator(xp)
+                            rhs = -(gs if whole else gs[part]).to(sp.dtype)
+                            sol, used = _gmres(A, rhs, int(m_k), eta[part], settle=krylov_settle, precond=pre)
+                            if matrix_free and int(m_k) >= 8 * krylov_dim:
+                                # the largest Krylov space: restart where the forcing term is not met yet
+                                target = eta[part].to(sp.dtype) * rhs.norm(dim=1)
+                                for _ in range(_RESTARTS):
+                                    r = rhs - A(sol)
+                                    rn = r.norm(dim=1)
+                                    if bool((rn <= target).all()):
+                                        break
+                                    rel = (target / torch.where(rn > 0, rn, torch.ones_like(rn))).clamp(max=1.0)
+                                    sol = sol + _gmres(A, r, int(m_k), rel, settle=1.0)[0]
                             if whole:
                                 dx = sol.to(dt)
                             else:
