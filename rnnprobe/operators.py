@@ -216,11 +216,22 @@ class Operator(abc.ABC):
 
     @abc.abstractmethod
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
-        """``W x`` for each row of ``x [..., N]``."""
+        """``W x`` for each row of ``x [..., N]``, into a new tensor (callers may update it in place)."""
 
     @abc.abstractmethod
     def rmatvec(self, x: torch.Tensor) -> torch.Tensor:
-        """``W^T x`` for each row of ``x [..., N]``."""
+        """``W^T x`` for each row of ``x [..., N]``, into a new tensor (callers may update it in place)."""
+
+    def matvec_add(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``W x + c`` for each row of ``x [B, N]`` (``c`` [N] or [B, N]); one fused GEMM for a dense W."""
+        return self.matvec(x).add_(c)
+
+    def rmatvec_add(self, x: torch.Tensor, c: torch.Tensor, *, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
+        """``alpha W^T x + beta c`` for each row of ``x [B, N]`` (``c`` [B, N]); one fused GEMM for a dense W."""
+        out = self.rmatvec(x)
+        if alpha != 1.0:
+            out.mul_(alpha)
+        return out.add_(c, alpha=beta) if beta != 0.0 else out
 
     def mat_cols(self, X: torch.Tensor) -> torch.Tensor:
         """``W X_b`` for every b of ``X [B, N, k]``."""
@@ -293,6 +304,12 @@ class DenseOperator(Operator):
 
     def rmatvec(self, x):
         return x @ self.W
+
+    def matvec_add(self, x, c):
+        return torch.addmm(c, x, self.W.T)
+
+    def rmatvec_add(self, x, c, *, alpha=1.0, beta=1.0):
+        return torch.addmm(c, x, self.W, beta=beta, alpha=alpha)
 
     @staticmethod
     def _cols(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:

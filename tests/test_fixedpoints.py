@@ -216,7 +216,7 @@ def test_residual_gradient_and_newton_operator_match_the_cell(form, alpha, nonli
     u = {"none": None, "shared": torch.as_tensor(rng.standard_normal(d)).expand(n, d),
          "per-candidate": torch.as_tensor(rng.standard_normal((n, d)))}[inputs]
     system = fp._System(cell, u)
-    assert system.dense == (form != "rate-outside")
+    assert system.elman and system.drive is not None
     idx = torch.tensor([3, 0, 7, 7, 12])
     for sys_, xs, us in ((system, x, u), (system.sub(idx), x[idx], None if u is None else u[idx]),
                          (system.repeat(2), x.repeat_interleave(2, dim=0),
@@ -235,6 +235,52 @@ def test_residual_gradient_and_newton_operator_match_the_cell(form, alpha, nonli
         V = torch.as_tensor(rng.standard_normal(xs.shape))
         np.testing.assert_allclose(sys_.operator(xs)(V).numpy(), np.einsum("nij,nj->ni", JG, V.numpy()),
                                    rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("form,alpha", [("leaky", 0.4), ("rate-outside", 0.5), ("residual", 0.3)])
+def test_residual_methods_through_a_structured_operator(form, alpha):
+    """The residual, its gradient and (J - I) v of an Elman cell whose W_hh is a circular
+    convolution (the operator's generic matvec_add / rmatvec_add), against its dense Jacobians."""
+    from rnnprobe.operators import CircularConvOperator
+
+    rng = np.random.default_rng(13)
+    L, d = 4, 2
+    N = L * L
+    cell = ElmanCell(CircularConvOperator(torch.as_tensor(0.6 * rng.standard_normal((L, L)))),
+                     rng.standard_normal((N, d)), 0.2 * rng.standard_normal(N), alpha=alpha, form=form)
+    x = torch.as_tensor(rng.standard_normal((7, N)))
+    u = torch.as_tensor(rng.standard_normal((7, d)))
+    drive = cell.drive(u)
+    with torch.no_grad():
+        G_ref = (cell.step(x, u) - x).numpy()
+        JG = cell.jacobian(x, u).numpy() - np.eye(N)
+    g, grad = cell.residual_and_gradient(x.clone(), drive)
+    np.testing.assert_allclose(cell.residual(x.clone(), drive).numpy(), G_ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(g.numpy(), G_ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(grad.numpy(), np.einsum("nij,ni->nj", JG, G_ref), rtol=1e-11, atol=1e-12)
+    V = torch.as_tensor(rng.standard_normal((7, N)))
+    np.testing.assert_allclose(cell.residual_jacobian(x, drive)(V).numpy(), np.einsum("nij,nj->ni", JG, V.numpy()),
+                               rtol=1e-11, atol=1e-12)
+
+
+def test_restarted_gmres_reaches_the_tolerance_a_short_cycle_cannot():
+    """Cycles of 3 products on a 30 x 30 system: one cycle leaves the residual far above 1e-10,
+    restarts reach it (against numpy's solve)."""
+    rng = np.random.default_rng(14)
+    n, S = 5, 30
+    A = np.eye(S) + 0.5 * rng.standard_normal((S, S)) / np.sqrt(S)
+    b = torch.as_tensor(rng.standard_normal((n, S)))
+    At = torch.as_tensor(A.T)
+    apply = lambda v: v @ At  # noqa: E731
+    rtol = torch.full((n,), 1e-10, dtype=torch.float64)
+    ref = np.linalg.solve(A, b.numpy().T).T
+    one, _ = fp._gmres(apply, b, 3, rtol)
+    assert np.abs(one.numpy() - ref).max() > 1e-4
+    x, k = fp._gmres(apply, b, 3, rtol, restarts=60)
+    assert k == 3
+    res = np.linalg.norm(b.numpy() - x.numpy() @ A.T, axis=1) / np.linalg.norm(b.numpy(), axis=1)
+    assert res.max() <= 1e-10
+    np.testing.assert_allclose(x.numpy(), ref, rtol=0, atol=1e-8)
 
 
 @pytest.mark.parametrize("form,alpha", [("leaky", 1.0), ("leaky", 0.3), ("rate-outside", 0.5), ("residual", 0.2)])

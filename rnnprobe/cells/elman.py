@@ -20,7 +20,7 @@ there and say what to use instead beyond.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -237,8 +237,9 @@ class ElmanCell(Cell):
         h = as_tensor(h, dtype=self.dtype, device=self.device)
         return self._apply_J(self._gain(h, u), V)
 
-    def _apply_JT(self, d: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        """``J^T V`` for ``V`` [B, S] or [B, S, k], ``d`` = phi' where it enters J (:meth:`_gain`)."""
+    def vjp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
+        h = as_tensor(h, dtype=self.dtype, device=self.device)
+        d = self._gain(h, u)
         col = V.dim() == 3
         Vc = V if col else V[:, :, None]
         dd = d[:, :, None]
@@ -252,25 +253,68 @@ class ElmanCell(Cell):
             out = out + self._self_weight * Vc
         return out if col else out[:, :, 0]
 
-    def vjp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor) -> torch.Tensor:
-        h = as_tensor(h, dtype=self.dtype, device=self.device)
-        return self._apply_JT(self._gain(h, u), V)
+    # ---- the residual G(h) = F(h, u) - h, for root finding -------------------------
+    # F(h) - h directly, with the input's share of the preactivation computed once per
+    # solve: fewer passes over the batch than step(h, u) - h and its pullback (the fixed-point
+    # solver evaluates these a few hundred times per call)
+    def drive(self, u: torch.Tensor | None = None) -> torch.Tensor:
+        """``W_uh u + b``: [N] without input, [B, N] for inputs [B, d] (one per row), [N] for [d]."""
+        if u is None:
+            return self.b
+        u = as_tensor(u, dtype=self.dtype, device=self.device)
+        rows = self._inputs(u[None] if u.dim() == 1 else u, 1 if u.dim() == 1 else u.shape[0])
+        out = torch.addmm(self.b, rows, self.W_uh.T)
+        return out[0] if u.dim() == 1 else out
 
-    def step_and_vjp(self, h: torch.Tensor, u: torch.Tensor | None = None):
-        """``(F(h, u), v -> J^T v)``: phi' computed once, each pullback one product with W_hh^T."""
-        h = as_tensor(h, dtype=self.dtype, device=self.device)
+    def _residual_from(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """``F - h`` from ``p = phi(W h + drive)``: ``a (p - h)`` (leaky) or ``a p`` (residual)."""
+        a = self.alpha
+        if self.form == "residual":
+            return p * a if a != 1.0 else p.clone()
+        g = p - h
+        return g.mul_(a) if a != 1.0 else g
+
+    def residual(self, h: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+        """``G(h) = F(h, u) - h`` for rows ``h [B, N]``, ``drive`` = :meth:`drive` of ``u``."""
+        if self.form == "rate-outside":  # F - h = a (W phi(h) + drive - h)
+            g = self.op.matvec_add(self.nl.phi(h), drive).sub_(h)
+            return g.mul_(self.alpha) if self.alpha != 1.0 else g
+        return self._residual_from(h, self.nl.phi(self.op.matvec_add(h, drive)))
+
+    def residual_and_gradient(self, h: torch.Tensor, drive: torch.Tensor):
+        """``(G, (J - I)^T G)``: the residual and the gradient of ``1/2 ||G||^2``, one product with W each way."""
         a, nl = self.alpha, self.nl
-        x = self.preactivation(h, u)
-        if self.form == "rate-outside":  # J = (1 - a) I + a W diag(phi'(h))
-            d = nl.dphi(h)
-            return (1.0 - a) * h + a * x, lambda v: self._apply_JT(d, v)
-        p = nl.phi(x)  # J = sw I + a diag(phi'(x)) W
-        d = nl.dphi_from_output(p) if nl.dphi_from_output is not None else nl.dphi(x)
-        if self.form == "leaky":
-            F = p if a == 1.0 else h + a * (p - h)
-        else:
-            F = h + a * p
-        return F, lambda v: self._apply_JT(d, v)
+        if self.form == "rate-outside":  # J - I = a (W diag(phi'(h)) - I)
+            g = self.residual(h, drive)
+            grad = self.op.rmatvec(g).mul_(nl.dphi(h)).sub_(g)
+            return g, grad.mul_(a) if a != 1.0 else grad
+        y = self.op.matvec_add(h, drive)
+        p = nl.phi(y)
+        d = nl.dphi_from_output(p) if nl.dphi_from_output is not None else nl.dphi(y)
+        g = self._residual_from(h, p)
+        # J - I = (sw - 1) I + a diag(phi') W, so (J - I)^T G = (sw - 1) G + a W^T (phi' G)
+        return g, self.op.rmatvec_add(d.mul_(g), g, alpha=a, beta=self._self_weight - 1.0)
+
+    def residual_jacobian(self, h: torch.Tensor, drive: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``v -> (J - I) v`` at the rows ``h [B, N]`` for ``v [B, N]``; phi' computed once."""
+        a, shift = self.alpha, self._self_weight - 1.0
+        if self.form == "rate-outside":  # (J - I) v = a (W (phi'(h) v) - v)
+            d = self.nl.dphi(h)
+
+            def apply(v):
+                out = self.op.matvec(d * v).sub_(v)
+                return out.mul_(a) if a != 1.0 else out
+
+            return apply
+        ad = self.nl.dphi(self.op.matvec_add(h, drive))
+        if a != 1.0:
+            ad.mul_(a)
+
+        def apply(v):  # a diag(phi') W v + (sw - 1) v
+            out = self.op.matvec(v).mul_(ad)
+            return out.add_(v, alpha=shift) if shift != 0.0 else out
+
+        return apply
 
     def step_and_jvp(self, h: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor):
         """``(F(h, u), J V)``: the state rides in the same GEMM as the tangent columns."""

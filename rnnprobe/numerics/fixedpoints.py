@@ -162,26 +162,22 @@ class FixedPointSet:
 class _System:
     """``G(h) = F(h, u) - h`` for a batch of candidates with per-candidate inputs ``u`` [n, d].
 
-    Elman cells whose phi acts on ``W_hh h + W_uh u + b`` with a dense ``W_hh`` (the leaky
-    and residual forms; every ``nn.RNN``) take a direct path: the drive ``W_uh u + b`` is
-    computed once, each evaluation is one GEMM with the drive as its addend, and the gradient
-    of q is a second GEMM that also adds the identity's share (``torch.addmm``'s beta). It
-    computes what ``cell.step`` / ``cell.step_and_vjp`` do, with fewer passes over the batch
-    (tests check it against them).
+    Elman cells evaluate G, its gradient and ``J - I`` through their residual methods
+    (:meth:`ElmanCell.residual` ...), with the drive ``W_uh u + b`` computed once here and
+    carried by :meth:`sub` and :meth:`repeat`; other cells through ``step``,
+    ``step_and_vjp`` and ``jvp``.
     """
 
     def __init__(self, cell: Cell, u: torch.Tensor | None, drive: torch.Tensor | None = None):
         from rnnprobe.cells.elman import ElmanCell
-        from rnnprobe.operators import DenseOperator
 
         self.cell = cell
         self.u = u
         self.dtype = cell.dtype
-        self.dense = (isinstance(cell, ElmanCell) and cell.form != "rate-outside"
-                      and isinstance(cell.op, DenseOperator))
-        if self.dense and drive is None:
-            drive = cell.b if u is None else torch.addmm(cell.b, u, cell.W_uh.T)
-        self.drive = drive  # [S] (one input for all) or [n, S]
+        self.elman = isinstance(cell, ElmanCell)
+        if self.elman and drive is None:
+            drive = cell.drive(u)
+        self.drive = drive  # Elman cells: [S] (one input for all) or [n, S]
 
     def sub(self, idx: torch.Tensor) -> "_System":
         drive = self.drive
@@ -196,55 +192,25 @@ class _System:
             drive = drive.repeat_interleave(k, dim=0)
         return _System(self.cell, None if self.u is None else self.u.repeat_interleave(k, dim=0), drive)
 
-    def _residual(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """``G = F - h`` from ``p = phi(W h + drive)`` (dense path): ``a (p - h)`` (leaky) or ``a p`` (residual)."""
-        a = self.cell.alpha
-        if self.cell.form == "residual":
-            return p * a if a != 1.0 else p.clone()
-        g = p - x
-        return g.mul_(a) if a != 1.0 else g
-
     def G(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dense:
-            cell = self.cell
-            return self._residual(x, cell.nl.phi(torch.addmm(self.drive, x, cell.W_hh.T)))
+        if self.elman:
+            return self.cell.residual(x, self.drive)
         return self.cell.step(x, self.u) - x
 
     def value_and_grad(self, x: torch.Tensor):
         """``G(x)``, ``q(x)`` and ``grad q = J_G^T G`` with one forward and one backward pass."""
-        if self.dense:
-            # J - I = (sw - 1) I + a diag(phi') W, so grad q = (sw - 1) G + a W^T (phi' * G)
-            cell = self.cell
-            nl = cell.nl
-            y = torch.addmm(self.drive, x, cell.W_hh.T)
-            p = nl.phi(y)
-            d = nl.dphi_from_output(p) if nl.dphi_from_output is not None else nl.dphi(y)
-            g = self._residual(x, p)
-            grad = torch.addmm(g, d.mul_(g), cell.W_hh, beta=cell._self_weight - 1.0, alpha=cell.alpha)
+        if self.elman:
+            g, grad = self.cell.residual_and_gradient(x, self.drive)
             return g, _q(g), grad
         F, pullback = self.cell.step_and_vjp(x, self.u)
         g = F - x
-        return g, 0.5 * (g * g).sum(-1), pullback(g) - g
+        return g, _q(g), pullback(g) - g
 
     def operator(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """``v -> (J - I) v`` at ``x``; for Elman cells phi' is computed once, not per product."""
-        from rnnprobe.cells.elman import ElmanCell
-
+        if self.elman:
+            return self.cell.residual_jacobian(x, self.drive)
         cell, u = self.cell, self.u
-        if self.dense:
-            WT, shift = cell.W_hh.T, cell._self_weight - 1.0
-            ad = cell.nl.dphi(torch.addmm(self.drive, x, WT))
-            if cell.alpha != 1.0:
-                ad.mul_(cell.alpha)
-
-            def apply(v):
-                out = (v @ WT).mul_(ad)
-                return out.add_(v, alpha=shift) if shift != 0.0 else out
-
-            return apply
-        if isinstance(cell, ElmanCell):
-            d = cell._gain(x, u)
-            return lambda v: cell._apply_J(d, v) - v
         return lambda v: cell.jvp(x, u, v) - v
 
     def preconditioner(self, x: torch.Tensor, sample: int = 32) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -348,8 +314,9 @@ def _combine(h: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle: float = 1.0,
-           reorthogonalize: bool = False, precond: Callable | None = None) -> tuple[torch.Tensor, int]:
-    """Batched GMRES (x0 = 0, no restart): solve ``A x = b`` for every row of ``b`` [n, S].
+           reorthogonalize: bool = False, precond: Callable | None = None,
+           restarts: int = 0) -> tuple[torch.Tensor, int]:
+    """Batched GMRES (x0 = 0): solve ``A x = b`` for every row of ``b`` [n, S].
 
     Arnoldi with classical Gram-Schmidt (with ``reorthogonalize`` a second pass
     where cancellation is severe, the DGKS test; the inexact Newton steps here
@@ -357,8 +324,27 @@ def _gmres(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle:
     after ``m`` products. ``precond`` (``v -> P v``) preconditions from the right: GMRES
     minimises the true residual ``||b - A P y||`` and returns ``x = P y``.
 
-    Returns ``(x, k)``: the solution [n, S] and the number of products taken.
+    ``restarts``: up to this many more cycles of ``m`` products (from the true residual, every
+    row to its tolerance) while some row's true residual is above its tolerance.
+
+    Returns ``(x, k)``: the solution [n, S] and the number of products of the first cycle.
     """
+    x, k = _gmres_cycle(apply, b, m, rtol, settle, reorthogonalize, precond)
+    if restarts:
+        target = rtol.to(b.dtype) * b.norm(dim=1)
+        for _ in range(restarts):
+            r = b - apply(x)
+            rn = r.norm(dim=1)
+            if bool((rn <= target).all()):
+                break
+            rel = (target / torch.where(rn > 0, rn, torch.ones_like(rn))).clamp(max=1.0)
+            x = x + _gmres_cycle(apply, r, m, rel, 1.0, reorthogonalize, precond)[0]
+    return x, k
+
+
+def _gmres_cycle(apply: Callable, b: torch.Tensor, m: int, rtol: torch.Tensor, settle: float,
+                 reorthogonalize: bool, precond: Callable | None) -> tuple[torch.Tensor, int]:
+    """One cycle of :func:`_gmres` (no restart)."""
     if precond is not None:
         op = apply
         apply = lambda v: op(precond(v))  # noqa: E731
@@ -855,19 +841,10 @@ def find_fixed_points(
                             # precondition once plain GMRES has needed all its steps, and where the
                             # S x S inverse costs at most a quarter of the products of one GMRES
                             pre = (sp.preconditioner(xp) if slow_krylov and S <= 2 * int(part.sum()) else None)
-                            A = sp.operator(xp)
-                            rhs = -(gs if whole else gs[part]).to(sp.dtype)
-                            sol, used = _gmres(A, rhs, int(m_k), eta[part], settle=krylov_settle, precond=pre)
-                            if matrix_free and int(m_k) >= 8 * krylov_dim:
-                                # the largest Krylov space: restart where the forcing term is not met yet
-                                target = eta[part].to(sp.dtype) * rhs.norm(dim=1)
-                                for _ in range(_RESTARTS):
-                                    r = rhs - A(sol)
-                                    rn = r.norm(dim=1)
-                                    if bool((rn <= target).all()):
-                                        break
-                                    rel = (target / torch.where(rn > 0, rn, torch.ones_like(rn))).clamp(max=1.0)
-                                    sol = sol + _gmres(A, r, int(m_k), rel, settle=1.0)[0]
+                            # matrix-free at the largest Krylov space: restart until the forcing term is met
+                            restarts = _RESTARTS if matrix_free and int(m_k) >= 8 * krylov_dim else 0
+                            sol, used = _gmres(sp.operator(xp), -(gs if whole else gs[part]).to(sp.dtype), int(m_k),
+                                               eta[part], settle=krylov_settle, precond=pre, restarts=restarts)
                             if whole:
                                 dx = sol.to(dt)
                             else:
