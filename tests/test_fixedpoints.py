@@ -76,6 +76,9 @@ def test_bistable_units_all_27_points(bistable_points):
     assert fps.q.max() <= 1e-24
     # every candidate's q is q at its own final state (merged candidates included)
     assert fps.stats["merged"] > 0 and fps.stats["merge_rejected"] == 0
+    # candidates close together merge after their first full Newton step, not only once their
+    # steps have become small: the second iteration runs on a few per point (600 without)
+    assert fps.stats["active"][1] <= 2 * 27
     r = numpy_residual(W, None, fps.candidate_states.numpy())
     np.testing.assert_allclose(np.sqrt(2 * fps.candidate_q.numpy()), r, rtol=1e-6, atol=1e-13)
 
@@ -645,6 +648,65 @@ def test_deduplicate_keeps_lowest_q_and_respects_groups():
     # points farther apart than a few tolerances stay apart
     far = np.array([[0.0, 0.0], [1e-5, 0.0]])
     assert fp.deduplicate(torch.as_tensor(far), torch.zeros(2, dtype=torch.float64), 1e-6)[0].numel() == 2
+
+
+@pytest.mark.parametrize("metric", ["sup", "rms"])
+@pytest.mark.parametrize("block_bytes", [64e6, 3000.0])
+def test_near_pairs_match_a_brute_force_distance_test(metric, block_bytes):
+    # clusters of every spread around the tolerance, offsets along single coordinates (where the
+    # sup and RMS norms differ most) and big norms (the GEMM distances cancel): the pairs must be
+    # exactly those of the elementwise test, also when the rows are split into blocks
+    rng = np.random.default_rng(3)
+    centres = 50.0 + rng.standard_normal((6, 16))
+    pts = np.repeat(centres, 12, axis=0) + rng.uniform(0.2, 3.0, (72, 1)) * 1e-2 * rng.standard_normal((72, 16))
+    spikes = np.repeat(centres[:1], 8, axis=0)
+    spikes[np.arange(8), np.arange(8)] += np.linspace(0.015, 0.025, 8)  # one coordinate apart
+    pts = np.concatenate([pts, spikes])
+    groups = rng.integers(0, 2, pts.shape[0])
+    tol = 0.02
+    diff = pts[:, None, :] - pts[None, :, :]
+    dist = np.abs(diff).max(-1) if metric == "sup" else np.sqrt((diff**2).mean(-1))
+    near = (dist <= tol) & (groups[:, None] == groups[None, :])
+    expect = {(i, j) for i, j in zip(*np.nonzero(near)) if i < j}
+    i, j = fp._near_pairs(torch.as_tensor(pts), tol, metric, torch.as_tensor(groups), block_bytes)
+    got = set(zip(i.tolist(), j.tolist()))
+    assert got == expect and len(got) == i.numel()
+    # the case is not trivial: pairs just inside and just outside the tolerance, and the metrics disagree
+    assert ((dist <= tol) & (dist > 0.8 * tol)).any() and ((dist > tol) & (dist < 1.25 * tol)).any()
+    other = np.abs(diff).max(-1) if metric == "rms" else np.sqrt((diff**2).mean(-1))
+    assert ((other <= tol) != (dist <= tol)).any()
+
+
+def test_near_pairs_sup_keeps_pairs_exactly_at_the_tolerance():
+    # pairs tol apart in every coordinate (sup distance tol, Euclidean tol sqrt(D): the edge of
+    # the prefilter), far from the origin: the GEMM distance carries round-off there, which
+    # the prefilter's margin must cover
+    rng = np.random.default_rng(11)
+    tol = 2.0**-6
+    a = rng.uniform(40, 60, (200, 16))
+    b = a + tol  # exact: tol is a multiple of the spacing of floats in [32, 64)
+    pts = np.empty((400, 16))
+    pts[0::2], pts[1::2] = a, b
+    sup = np.abs(b - a).max(1)
+    inside = {(2 * k, 2 * k + 1) for k in np.nonzero(sup <= tol)[0]}
+    assert len(inside) == 200
+    i, j = fp._near_pairs(torch.as_tensor(pts), tol, "sup", None, 64e6)
+    got = set(zip(i.tolist(), j.tolist()))
+    assert got == inside
+
+
+def test_deduplicate_rms_clusters_are_connected_components():
+    rng = np.random.default_rng(5)
+    # a chain of points 0.8 tol apart (one cluster through its links) and an isolated point
+    chain = np.zeros((5, 4))
+    chain[:, 0] = 0.8 * np.arange(5)
+    pts = np.concatenate([chain, [[10.0, 0, 0, 0]]]) * 1e-2
+    q = rng.uniform(0, 1, 6)
+    reps, assign = fp.deduplicate(torch.as_tensor(pts), torch.as_tensor(q), 1e-2 / 2, metric="rms")
+    assert reps.numel() == 2 and assign.tolist() == [0, 0, 0, 0, 0, 1]
+    assert int(reps[0]) == int(np.argmin(q[:5]))
+    with pytest.raises(ValueError, match="metric"):
+        fp.deduplicate(torch.as_tensor(pts), torch.as_tensor(q), 1e-2, metric="l1")
 
 
 # ---------------------------------------------------------------------------------

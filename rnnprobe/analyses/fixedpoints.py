@@ -79,8 +79,9 @@ class FixedpointsOptions(Options):
     warmup_steps: int = option(_SOLVER["warmup_steps"], min=0, help=(
         "First-order (Adam) steps on q for every candidate before Newton: they widen the basins of saddles."))
     merge_tol: float = option(_SOLVER["merge_tol"], min=0.0, help=(
-        "Merge candidates whose Newton iterations settle within this distance (relative to the state scale) "
-        "so that the rest of the work runs on distinct points; every merge is verified. 0: never merge."))
+        "Merge candidates taking full, shrinking Newton steps within this RMS distance of each other "
+        "(relative to the state scale) so that the rest of the work runs on distinct points; every merge "
+        "is verified. 0: never merge."))
     dedupe_tol: float = option(_SOLVER["dedupe_tol"], min=0.0, min_open=True, help=(
         "Points agreeing to this (sup norm, relative to the state scale) are one point."))
     marginal_tol: float = option(1e-3, min=0.0, help=(

@@ -20,7 +20,7 @@ Public functions (stable signatures; other analyses import them):
     -> stability codes (:data:`STABILITY`), unstable and marginal counts.
 ``time_constants(eigenvalues)``
     -> ``tau = -1 / log|lambda|`` in steps.
-``deduplicate(states, q, tol, groups=None)``
+``deduplicate(states, q, tol, groups=None, *, metric="sup")``
     -> representatives and the assignment of every state to one.
 ``dense_jacobian_feasible(cell, jacobian_memory=256e6)``
     -> whether explicit S x S Jacobians are affordable (else everything stays matrix-free).
@@ -37,9 +37,9 @@ The solver (see :func:`find_fixed_points`) runs every candidate in one batched
 tensor program: a short first-order warm start on ``q``, then per-candidate
 damped Newton steps (matrix-free Newton-Krylov with batched GMRES while many
 candidates are active, explicit Jacobians and LU / Levenberg-Marquardt once few
-are), merging candidates as soon as their Newton iterations settle on the same
-point so that the expensive work runs on the distinct points, and verifying
-every merge afterwards.
+are), merging candidates that lie close together once their Newton steps are
+full and shrinking so that the expensive work runs on the distinct points, and
+verifying every merge afterwards.
 """
 
 from __future__ import annotations
@@ -534,16 +534,52 @@ def _grid_cells(key: torch.Tensor) -> torch.Tensor:
     return cell_of
 
 
-def deduplicate(states: torch.Tensor, q: torch.Tensor, tol: float, groups: torch.Tensor | None = None,
-                block_bytes: float = 64e6):
-    """Merge states that agree to ``tol`` (sup norm), keeping the lowest-``q`` one of each cluster.
+def _near_pairs(R: torch.Tensor, tol: float, metric: str, groups: torch.Tensor | None, block_bytes: float):
+    """Pairs ``i < j`` of the rows of ``R`` [C, D] within ``tol`` of each other, in the same group.
 
-    States are put on a grid of side ``tol`` (cells found by hashing); grid cells whose lowest-q
-    states are within ``2 tol`` (sup norm, computed exactly, in blocks) are
-    joined, and clusters are the connected components of that relation. States
-    in different ``groups`` (e.g. input conditions) are never merged. Cost:
-    O(n S log n) for the grid plus O(C^2 S) for the C occupied cells, in blocks of
-    at most ``block_bytes`` of differences.
+    ``metric``: "sup" (sup norm) or "rms" (Euclidean norm / sqrt(D)). Squared Euclidean
+    distances come from one GEMM per block of rows. For "rms" they are the test; for "sup"
+    they are a prefilter (sup <= tol implies Euclidean <= tol sqrt(D); the margin covers the
+    GEMM's cancellation) before the exact sup-norm test on the pairs that pass it.
+    """
+    C, D = R.shape
+    sq = (R * R).sum(dim=1)
+    eps = torch.finfo(R.dtype).eps
+    reach = tol**2 * D
+    rows = max(1, min(C, int(block_bytes // max(1, C * R.element_size()))))
+    pair_rows = max(1, int(block_bytes // max(1, D * R.element_size())))
+    ei, ej = [R.new_zeros(0, dtype=torch.long)], [R.new_zeros(0, dtype=torch.long)]
+    for s in range(0, C, rows):
+        norms = sq[s:s + rows, None] + sq[None, :]
+        d2 = torch.addmm(norms, R[s:s + rows], R.T, alpha=-2.0)
+        near = d2 <= (reach if metric == "rms" else reach * (1 + 1e-6) + 16 * D * eps * norms)
+        if groups is not None:
+            near &= groups[s:s + rows, None] == groups[None, :]
+        a, b = near.nonzero(as_tuple=True)
+        keep = a + s < b
+        a, b = a[keep] + s, b[keep]
+        if metric == "rms":
+            ei.append(a)
+            ej.append(b)
+            continue
+        for p in range(0, a.numel(), pair_rows):
+            pa, pb = a[p:p + pair_rows], b[p:p + pair_rows]
+            close = (R[pa] - R[pb]).abs().amax(dim=-1) <= tol
+            ei.append(pa[close])
+            ej.append(pb[close])
+    return torch.cat(ei), torch.cat(ej)
+
+
+def deduplicate(states: torch.Tensor, q: torch.Tensor, tol: float, groups: torch.Tensor | None = None,
+                block_bytes: float = 64e6, *, metric: str = "sup"):
+    """Merge states that agree to ``tol``, keeping the lowest-``q`` one of each cluster.
+
+    ``metric`` "sup" (sup norm): states are put on a grid of side ``tol`` (cells found by
+    hashing), and grid cells whose lowest-q states are within ``2 tol`` are joined.
+    ``metric`` "rms" (Euclidean norm / sqrt(D)): states within ``tol`` are joined (no grid).
+    Clusters are the connected components of that relation. States in different ``groups``
+    (e.g. input conditions) are never merged. Cost: O(n S log n) for the grid plus O(C^2 S)
+    (GEMMs) for the C occupied cells (C = n for "rms"), in blocks of at most ``block_bytes``.
 
     Returns ``(representatives [K], assignment [n])``: indices into ``states``
     of the kept states (sorted by first occurrence) and, for every state, the
@@ -556,32 +592,27 @@ def deduplicate(states: torch.Tensor, q: torch.Tensor, tol: float, groups: torch
         return empty, empty
     if not tol > 0:
         raise InputError(f"deduplication tolerance must be > 0; got {tol}")
-    key = torch.floor(states / tol)
-    if groups is not None:
-        key = torch.cat([groups.to(key.dtype)[:, None], key], dim=1)
-    cell_of = _grid_cells(key)
-    C = int(cell_of.max()) + 1
+    if metric not in ("sup", "rms"):
+        raise ValueError(f"metric must be 'sup' or 'rms'; got {metric!r}")
     big = torch.finfo(q.dtype).max
     qq = torch.nan_to_num(q, nan=big)
-    best = torch.full((C,), big, dtype=q.dtype, device=dev).scatter_reduce(0, cell_of, qq, reduce="amin")
     idx = torch.arange(n, device=dev)
-    is_best = qq <= best[cell_of]
-    rep_of_cell = torch.full((C,), n, dtype=torch.long, device=dev).scatter_reduce(
-        0, cell_of, torch.where(is_best, idx, torch.full_like(idx, n)), reduce="amin")
-    R = states[rep_of_cell]
-    Rg = None if groups is None else groups[rep_of_cell]
-    ei, ej = [], []
-    block = max(1, min(C, int(block_bytes // max(1, C * R.shape[1] * R.element_size()))))
-    for s in range(0, C, block):
-        d = (R[s:s + block, None, :] - R[None, :, :]).abs().amax(dim=-1)
-        near = d <= 2 * tol
-        if Rg is not None:
-            near &= Rg[s:s + block, None] == Rg[None, :]
-        a, b = near.nonzero(as_tuple=True)
-        keep = a + s < b
-        ei.append(a[keep] + s)
-        ej.append(b[keep])
-    comp = _components(C, torch.cat(ei), torch.cat(ej))
+    if metric == "sup":
+        key = torch.floor(states / tol)
+        if groups is not None:
+            key = torch.cat([groups.to(key.dtype)[:, None], key], dim=1)
+        cell_of = _grid_cells(key)
+        C = int(cell_of.max()) + 1
+        best = torch.full((C,), big, dtype=q.dtype, device=dev).scatter_reduce(0, cell_of, qq, reduce="amin")
+        is_best = qq <= best[cell_of]
+        rep_of_cell = torch.full((C,), n, dtype=torch.long, device=dev).scatter_reduce(
+            0, cell_of, torch.where(is_best, idx, torch.full_like(idx, n)), reduce="amin")
+        reach = 2 * tol
+    else:
+        cell_of, C, rep_of_cell, reach = idx, n, idx, tol
+    ei, ej = _near_pairs(states[rep_of_cell], reach, metric,
+                         None if groups is None else groups[rep_of_cell], block_bytes)
+    comp = _components(C, ei, ej)
     _, cluster_of_cell = torch.unique(comp, return_inverse=True)
     cluster = cluster_of_cell[cell_of]
     K = int(cluster.max()) + 1
@@ -636,7 +667,7 @@ def find_fixed_points(
     direct_max: int = 64,
     direct_dim: int = 64,
     polish_iter: int = 4,
-    merge_tol: float = 1e-2,
+    merge_tol: float = 3e-2,
     dedupe_tol: float = 1e-6,
     patience: int = 8,
     verify_steps: int = 12,
@@ -690,12 +721,12 @@ def find_fixed_points(
         direct_dim: state sizes up to this always use explicit Jacobians.
         polish_iter: Newton iterations a candidate may spend below ``tol``
             polishing towards round-off (quadratic convergence needs 1-2).
-        merge_tol: candidates whose full Newton steps have shrunk below
-            ``merge_tol * scale`` (sup norm) and settle within that distance
-            of each other are merged: one continues, the others wait and are
-            verified at the end by chord iterations with the converged point's
-            Jacobian (failures are un-merged and solved on their own). 0 turns
-            merging off.
+        merge_tol: candidates taking full Newton steps that keep shrinking (from the
+            first iteration on) and lying within ``merge_tol * scale`` of each other or
+            of a converged point (RMS distance, Euclidean / sqrt(S)) are merged: one
+            continues, the others wait and are verified at the end by chord iterations
+            with the converged point's Jacobian (failures are un-merged and solved on
+            their own). 0 turns merging off.
         dedupe_tol: final deduplication tolerance, relative to ``scale``.
         explore_dtype, explore_eta: the warm start, and the GMRES solves of Newton
             steps whose forcing tolerance is at least ``explore_eta``, run in this
@@ -892,10 +923,11 @@ def find_fixed_points(
                 done = (qn <= q_floor) | ((qn <= tol) & ((ok & (step <= 16 * eps * scale))
                                                         | (below_tol[sel] >= polish_iter)))
                 state[sel[done]] = _DONE
-                # merging: full steps that have become small and keep shrinking
+                # merging: candidates taking full Newton steps that keep shrinking (from the first
+                # iteration on: candidates that close are headed for one point, and the chord
+                # iterations of the verification converge quadratically from there)
                 if merge_tol > 0:
-                    settle = ok & (t == 1) & (step <= merge_tol * scale) & (step <= 0.5 * last_step[sel]) \
-                        & ~no_merge[sel] & ~done
+                    settle = ok & (t == 1) & (step <= 0.5 * last_step[sel]) & ~no_merge[sel] & ~done
                     _merge(sel[settle])
                 last_step[sel] = torch.where(ok, step, last_step[sel])
             # no real progress (q not even halved) over the last `patience` iterations: stalled too
@@ -916,7 +948,9 @@ def find_fixed_points(
         pool = torch.cat([settling, done_leaders])
         if pool.numel() < 2:
             return
-        reps, assign = deduplicate(x[pool], q[pool], merge_tol * scale, grp[pool])
+        # distances in the exploration precision: a merge is a guess that the verification checks
+        xd = x[pool] if low is None else x[pool].to(low.dtype)
+        reps, assign = deduplicate(xd, q[pool], merge_tol * scale, grp[pool], metric="rms")
         rep_global = pool[reps[assign]]
         mine = rep_global[: settling.numel()]
         follow = mine != settling
@@ -950,7 +984,6 @@ def find_fixed_points(
             mine = mine[torch.argsort(all_which[mine], stable=True)]
             f = fol[mine]
             which = all_which[mine] - rc[0]
-            bounds = torch.searchsorted(which, torch.arange(roots.numel() + 1, device=dev)).tolist()
             good_root = q[roots] <= tol
             LU, piv, info = _per_matrix(torch.linalg.lu_factor_ex, system.sub(roots).jacobian(x[roots]))
             good_root &= (info == 0) & torch.isfinite(LU).all(dim=(1, 2))
@@ -959,18 +992,25 @@ def find_fixed_points(
             ok = good_root[which].clone()
             gy, qy = g[f].clone(), q[f].clone()  # G and q at x[f], kept with x by every update
             for _ in range(verify_steps):
-                moving = ok & (qy > q_floor)
-                if not bool(moving.any()):
+                mv = (ok & (qy > q_floor)).nonzero()[:, 0]  # ascending: still sorted by point
+                if mv.numel() == 0:
                     break
-                corr = torch.zeros_like(y)
-                # one factorisation per distinct point, for the points with followers still moving
-                for k in torch.unique(which[moving]).tolist():
-                    a, b = bounds[k], bounds[k + 1]
-                    corr[a:b] = torch.linalg.lu_solve(LU[k], piv[k], gy[a:b].T).T
-                y = torch.where(moving[:, None], y - corr, y)
-                ok &= torch.isfinite(y).all(dim=1)
-                gy = sub.G(y)
-                qy = _q(gy)
+                every = mv.numel() == y.shape[0]
+                ym, gm = (y, gy) if every else (y[mv], gy[mv])
+                # one factorisation per distinct point, applied to its moving followers as one slice
+                wm = which[mv]
+                cuts = torch.searchsorted(wm, torch.arange(roots.numel() + 1, device=dev)).tolist()
+                corr = torch.empty_like(ym)
+                for k in torch.unique(wm).tolist():
+                    a, b = cuts[k], cuts[k + 1]
+                    corr[a:b] = torch.linalg.lu_solve(LU[k], piv[k], gm[a:b].T).T
+                ym = ym - corr
+                gm = (sub if every else sub.sub(mv)).G(ym)
+                ok[mv] &= torch.isfinite(ym).all(dim=1)
+                if every:
+                    y, gy, qy = ym, gm, _q(gm)
+                else:
+                    y[mv], gy[mv], qy[mv] = ym, gm, _q(gm)
             del LU
             close = (y - x[roots[which]]).abs().amax(dim=1) <= dedupe_tol * scale
             ok &= close & (qy <= tol)
