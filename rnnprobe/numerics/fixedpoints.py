@@ -950,7 +950,7 @@ def find_fixed_points(
             return
         # distances in the exploration precision: a merge is a guess that the verification checks
         xd = x[pool] if low is None else x[pool].to(low.dtype)
-        reps, assign = deduplicate(xd, q[pool], merge_tol * scale, grp[pool], metric="rms")
+        reps, assign = deduplicate(xd, q[pool], merge_tol * scale, None if groups is None else grp[pool], metric="rms")
         rep_global = pool[reps[assign]]
         mine = rep_global[: settling.numel()]
         follow = mine != settling
@@ -1052,7 +1052,7 @@ def find_fixed_points(
     conv = (labels != UNCONVERGED).nonzero()[:, 0]
     point = torch.full((n,), -1, dtype=torch.long, device=dev)
     if conv.numel():
-        reps, assign = deduplicate(x[conv], q[conv], dedupe_tol * scale, grp[conv])
+        reps, assign = deduplicate(x[conv], q[conv], dedupe_tol * scale, None if groups is None else grp[conv])
         K = reps.numel()
         counts = torch.bincount(assign, minlength=K)
         rep_global = conv[reps]
