@@ -62,6 +62,44 @@ def _elman_variants():
     return out
 
 
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+@pytest.mark.parametrize("with_inputs", [True, False])
+def test_gated_analytic_jacobians_match_autograd(name, with_inputs):
+    # the gate-block formulas of GRUCell / LSTMCell against torch.func on the cell's own step
+    m = _torch_modules()[name]
+    cell = _cell_from(name, m)
+    if not with_inputs:  # no input weights at all (n_inputs = 0)
+        cell = type(cell)(None, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
+    S = cell.n_state
+    g = torch.Generator().manual_seed(3)
+    s = 1.5 * torch.randn(B, S, generator=g, dtype=torch.float64)  # gates away from 1/2, c beyond [-1, 1]
+    u = torch.randn(B, cell.n_inputs, generator=g, dtype=torch.float64)
+
+    def one(si, ui):
+        return cell.step(si[None], ui[None])[0]
+
+    J = cell.jacobian(s, u)
+    J_ref = torch.func.vmap(torch.func.jacrev(one))(s, u)
+    assert J.shape == (B, S, S) and torch.allclose(J, J_ref, atol=1e-14, rtol=0)
+    Bu = cell.input_jacobian(s, u)
+    assert Bu.shape == (B, S, cell.n_inputs)
+    if with_inputs:
+        assert torch.allclose(Bu, torch.func.vmap(torch.func.jacrev(one, argnums=1))(s, u), atol=1e-14, rtol=0)
+    V = torch.randn(B, S, 4, generator=g, dtype=torch.float64)
+    JV, JTV = J_ref @ V, J_ref.transpose(1, 2) @ V
+    assert torch.allclose(cell.jvp(s, u, V), JV, atol=1e-13, rtol=0)
+    assert torch.allclose(cell.jvp(s, u, V[:, :, 0]), JV[:, :, 0], atol=1e-13, rtol=0)
+    assert torch.allclose(cell.vjp(s, u, V), JTV, atol=1e-13, rtol=0)
+    assert torch.allclose(cell.vjp(s, u, V[:, :, 1]), JTV[:, :, 1], atol=1e-13, rtol=0)
+    F, JV2 = cell.step_and_jvp(s, u, V)
+    assert torch.equal(F, cell.step(s, u)) and torch.allclose(JV2, JV, atol=1e-13, rtol=0)
+    F, pullback = cell.step_and_vjp(s, u)
+    assert torch.equal(F, cell.step(s, u)) and torch.allclose(pullback(V[:, :, 2]), JTV[:, :, 2], atol=1e-13, rtol=0)
+    # zero input is u = None
+    assert torch.allclose(cell.jacobian(s), torch.func.vmap(torch.func.jacrev(one))(s, torch.zeros_like(u)),
+                          atol=1e-14, rtol=0)
+
+
 @pytest.mark.parametrize("cell", _elman_variants(), ids=lambda c: f"{c.form}-{c.alpha}-{c.nonlinearity}")
 def test_elman_analytic_jacobians_match_autograd(cell):
     h = torch.randn(B, N, dtype=torch.float64)
