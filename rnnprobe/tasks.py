@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy.signal import lfilter
 
 from rnnprobe.errors import AnalysisError, InputError
 
@@ -377,6 +376,8 @@ def s1(
     xi = rng.standard_normal((batch, length))
     # the AR(1) recursion as a linear filter over time, all trials at once
     drive = np.concatenate([xi[:, :1], np.sqrt(1.0 - rho**2) * xi[:, 1:]], axis=1)
+    from scipy.signal import lfilter  # here, not at the top: importing scipy.signal takes 0.7 s
+
     omega = sigma * lfilter([1.0], [1.0, -rho], drive, axis=1)
     phi0 = rng.uniform(0.0, 2.0 * np.pi, size=batch) if init == "cue" else np.zeros(batch)
     phase = phi0[:, None] + np.cumsum(omega, axis=1)

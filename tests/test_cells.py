@@ -62,6 +62,15 @@ def _elman_variants():
     return out
 
 
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
+def test_readout_jacobian_matches_autograd(name):
+    cell = _cell_from(name, _torch_modules()[name])
+    s = torch.randn(B, cell.n_state, dtype=torch.float64)
+    R = cell.readout_jacobian(s)
+    R_ref = torch.func.vmap(torch.func.jacrev(lambda si: cell.readout(si[None])[0]))(s)
+    assert R.shape == (B, O, cell.n_state) and torch.allclose(R, R_ref, atol=1e-15, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["gru", "lstm"])
 @pytest.mark.parametrize("with_inputs", [True, False])
 def test_gated_analytic_jacobians_match_autograd(name, with_inputs):

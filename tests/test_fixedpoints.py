@@ -830,6 +830,28 @@ def test_cli_end_to_end(tmp_path):
     assert r.exit_code == 2 and "--input '1,2,3' has 3 values but the model takes 2 inputs" in r.stderr
 
 
+def test_cli_run_stays_off_torch_compile_imports(tmp_path):
+    """A fixedpoints run on Elman and LSTM samples, in a fresh interpreter, imports neither
+    torch._dynamo (what torch.func's jacrev pulls in: about 1.3 s on a cold start) nor
+    scipy.signal (0.7 s; only the s1 task needs it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from rnnprobe.cli.app import app\n"
+        "for name in ('flipflop_rnn64', 'flipflop_lstm'):\n"
+        f"    r = CliRunner().invoke(app, ['fixedpoints', '{SAMPLES}/' + name + '.pt', '--n-init', '32',\n"
+        f"                                 '--out', r'{tmp_path}', '-q'])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in ('torch._dynamo', 'scipy.signal', 'sympy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("name", ["flipflop_gru", "flipflop_lstm"])
 def test_gated_flipflop_samples(name):
     """The trained 3-bit flip-flop GRU / LSTM: 8 stable fixed points (one per memory) and saddles between."""

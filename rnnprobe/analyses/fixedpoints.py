@@ -378,11 +378,7 @@ def sample_initial_states(model: Model, options: FixedpointsOptions, ctx: RunCon
 def _readout_jacobian(cell, states: torch.Tensor) -> torch.Tensor | None:
     if not cell.has_readout or states.shape[0] == 0:
         return None
-
-    def one(s):
-        return cell.readout(s[None])[0]
-
-    return torch.func.vmap(torch.func.jacrev(one))(states)
+    return cell.readout_jacobian(states)
 
 
 def _pca(traj: torch.Tensor | None, gen: torch.Generator) -> dict:

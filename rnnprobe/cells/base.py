@@ -117,6 +117,16 @@ class Cell(abc.ABC):
             "or --key W_r=..."
         )
 
+    def readout_jacobian(self, s: torch.Tensor) -> torch.Tensor:
+        """d(readout)/ds at each state: [B, n_outputs, S] (``torch.func`` here; cells with a linear
+        readout override it)."""
+        s = as_tensor(s, dtype=self.dtype, device=self.device)
+
+        def one(si):
+            return self.readout(si[None])[0]
+
+        return torch.func.vmap(torch.func.jacrev(one))(s)
+
     @property
     def has_readout(self) -> bool:
         return self.n_outputs > 0

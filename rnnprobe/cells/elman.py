@@ -192,6 +192,11 @@ class ElmanCell(Cell):
             return super().readout(h)
         return h @ self.W_r.T + self.b_r
 
+    def readout_jacobian(self, s: torch.Tensor) -> torch.Tensor:
+        if self.W_r is None:
+            return super().readout(s)  # the error that names the missing readout
+        return self.W_r.expand(s.shape[0], *self.W_r.shape).clone()
+
     @property
     def _self_weight(self) -> float:
         """The coefficient of the identity in J: 1 - alpha, or 1 for residual."""
