@@ -1006,11 +1006,12 @@ def find_fixed_points(
                     corr[a:b] = torch.linalg.lu_solve(LU[k], piv[k], gm[a:b].T).T
                 ym = ym - corr
                 gm = (sub if every else sub.sub(mv)).G(ym)
-                ok[mv] &= torch.isfinite(ym).all(dim=1)
+                qm = _q(gm)
+                ok[mv] &= torch.isfinite(qm)  # a non-finite y gives a non-finite G, and so q
                 if every:
-                    y, gy, qy = ym, gm, _q(gm)
+                    y, gy, qy = ym, gm, qm
                 else:
-                    y[mv], gy[mv], qy[mv] = ym, gm, _q(gm)
+                    y[mv], gy[mv], qy[mv] = ym, gm, qm
             del LU
             close = (y - x[roots[which]]).abs().amax(dim=1) <= dedupe_tol * scale
             ok &= close & (qy <= tol)
