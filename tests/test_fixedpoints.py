@@ -693,6 +693,10 @@ def test_near_pairs_sup_keeps_pairs_exactly_at_the_tolerance():
     i, j = fp._near_pairs(torch.as_tensor(pts), tol, "sup", None, 64e6)
     got = set(zip(i.tolist(), j.tolist()))
     assert got == inside
+    # states whose squares overflow (scaled by a power of two, which is exact): the same pairs
+    big = 2.0**900
+    i, j = fp._near_pairs(torch.as_tensor(pts) * big, tol * big, "sup", None, 64e6)
+    assert set(zip(i.tolist(), j.tolist())) == inside
 
 
 def test_deduplicate_rms_clusters_are_connected_components():

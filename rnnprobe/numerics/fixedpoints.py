@@ -543,15 +543,20 @@ def _near_pairs(R: torch.Tensor, tol: float, metric: str, groups: torch.Tensor |
     GEMM's cancellation) before the exact sup-norm test on the pairs that pass it.
     """
     C, D = R.shape
-    sq = (R * R).sum(dim=1)
+    # the GEMM in units of the largest entry, so that the squares cannot overflow (the exact
+    # sup-norm test below stays in the original units)
+    unit = float(R.abs().max()) if R.numel() else 0.0
+    unit = unit if 0.0 < unit < float("inf") else 1.0
+    Ru = R / unit
+    sq = (Ru * Ru).sum(dim=1)
     eps = torch.finfo(R.dtype).eps
-    reach = tol**2 * D
+    reach = (tol / unit) ** 2 * D
     rows = max(1, min(C, int(block_bytes // max(1, C * R.element_size()))))
     pair_rows = max(1, int(block_bytes // max(1, D * R.element_size())))
     ei, ej = [R.new_zeros(0, dtype=torch.long)], [R.new_zeros(0, dtype=torch.long)]
     for s in range(0, C, rows):
         norms = sq[s:s + rows, None] + sq[None, :]
-        d2 = torch.addmm(norms, R[s:s + rows], R.T, alpha=-2.0)
+        d2 = torch.addmm(norms, Ru[s:s + rows], Ru.T, alpha=-2.0)
         near = d2 <= (reach if metric == "rms" else reach * (1 + 1e-6) + 16 * D * eps * norms)
         if groups is not None:
             near &= groups[s:s + rows, None] == groups[None, :]
