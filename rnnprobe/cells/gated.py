@@ -138,29 +138,24 @@ class GRUCell(_Gated):
         super().__init__(*args, **kwargs)
         self.n_state = self.n_hidden
 
-    def step(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+    def _gates(self, h: torch.Tensor, u: torch.Tensor | None):
+        """``(r, z, n, h_n)``: the gates and ``W_hn h + b_hn``."""
         u = self._inputs(u, h.shape[0])
-        gi = u @ self.W_ih.T + self.b_ih
-        gh = h @ self.W_hh.T + self.b_hh
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        i_r, i_z, i_n = (u @ self.W_ih.T + self.b_ih).chunk(3, dim=-1)
+        h_r, h_z, h_n = (h @ self.W_hh.T + self.b_hh).chunk(3, dim=-1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
+        return r, z, torch.tanh(i_n + r * h_n), h_n
+
+    def step(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        _, z, n, _ = self._gates(h, u)
         return (1.0 - z) * n + z * h
 
     def _parts(self, h: torch.Tensor, u: torch.Tensor | None):
         """``(F, z, A_h, A_u)``: the update, and ``dF/dh = diag(z) + sum_k diag(A_h[:, k]) W_hk``,
         ``dF/du = sum_k diag(A_u[:, k]) W_ik`` over the gates (r, z, n)."""
         h = as_tensor(h, dtype=self.dtype, device=self.device)
-        u = self._inputs(u, h.shape[0])
-        gi = u @ self.W_ih.T + self.b_ih
-        gh = h @ self.W_hh.T + self.b_hh
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(i_r + h_r)
-        z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
+        r, z, n, h_n = self._gates(h, u)
         F = (1.0 - z) * n + z * h
         dn = (1.0 - z) * (1.0 - n * n)  # dF / d(pre-activation of n)
         a_r = dn * h_n * r * (1.0 - r)  # through r, which multiplies W_hn h + b_hn
@@ -204,27 +199,25 @@ class LSTMCell(_Gated):
     def hidden(self, s: torch.Tensor) -> torch.Tensor:
         return s[..., : self.n_hidden]
 
-    def step(self, s: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+    def _gates(self, s: torch.Tensor, u: torch.Tensor | None):
+        """``(si, sf, so, tg, c, c')``: the gates' sigmoids, tanh of g, the cell state and its update."""
         u = self._inputs(u, s.shape[0])
         N = self.n_hidden
         h, c = s[..., :N], s[..., N:]
-        g_all = u @ self.W_ih.T + self.b_ih + h @ self.W_hh.T + self.b_hh
-        i, f, g, o = g_all.chunk(4, dim=-1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_new = torch.sigmoid(o) * torch.tanh(c_new)
-        return torch.cat([h_new, c_new], dim=-1)
+        a_i, a_f, a_g, a_o = (u @ self.W_ih.T + self.b_ih + h @ self.W_hh.T + self.b_hh).chunk(4, dim=-1)
+        si, sf, so, tg = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o), torch.tanh(a_g)
+        return si, sf, so, tg, c, sf * c + si * tg
+
+    def step(self, s: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        _, _, so, _, _, c_new = self._gates(s, u)
+        return torch.cat([so * torch.tanh(c_new), c_new], dim=-1)
 
     def _parts(self, s: torch.Tensor, u: torch.Tensor | None):
         """``(F, A_h, A_c, d_hc, d_cc)`` with, over the gates (i, f, g, o),
         ``dh'/dh = sum_k diag(A_h[:, k]) W_hk``, ``dc'/dh = sum_k diag(A_c[:, k]) W_hk``,
         ``dh'/dc = diag(d_hc)``, ``dc'/dc = diag(d_cc)`` (and the same with ``W_ik`` for d/du)."""
         s = as_tensor(s, dtype=self.dtype, device=self.device)
-        u = self._inputs(u, s.shape[0])
-        N = self.n_hidden
-        h, c = s[..., :N], s[..., N:]
-        a_i, a_f, a_g, a_o = (u @ self.W_ih.T + self.b_ih + h @ self.W_hh.T + self.b_hh).chunk(4, dim=-1)
-        si, sf, so, tg = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o), torch.tanh(a_g)
-        c_new = sf * c + si * tg
+        si, sf, so, tg, c, c_new = self._gates(s, u)
         tc = torch.tanh(c_new)
         F = torch.cat([so * tc, c_new], dim=-1)
         gam = so * (1.0 - tc * tc)  # dh'/dc'
