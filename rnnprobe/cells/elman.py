@@ -210,7 +210,10 @@ class ElmanCell(Cell):
 
     def jacobian(self, h: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
         h = as_tensor(h, dtype=self.dtype, device=self.device)
-        d = self._gain(h, u)
+        return self.jacobian_from_gain(self._gain(h, u))
+
+    def jacobian_from_gain(self, d: torch.Tensor) -> torch.Tensor:
+        """``J`` [B, N, N] from the gains ``d`` [B, N] (:meth:`_gain`): J is linear in phi'."""
         if self.form == "rate-outside":
             J = self.alpha * self.W_hh[None] * d[:, None, :]
         else:

@@ -227,10 +227,7 @@ class _System:
 
         cell, n, S = self.cell, x.shape[0], x.shape[1]
         if isinstance(cell, ElmanCell):
-            d = cell._gain(x, self.u).mean(0)
-            W = cell.W_hh
-            Jbar = cell.alpha * (W * d[None, :] if cell.form == "rate-outside" else d[:, None] * W)
-            Jbar.diagonal().add_(cell._self_weight)
+            Jbar = cell.jacobian_from_gain(cell._gain(x, self.u).mean(0, keepdim=True))[0]
         else:
             idx = torch.linspace(0, n - 1, min(n, sample), device=x.device).round().long()
             Jbar = cell.jacobian(x[idx], None if self.u is None else self.u[idx]).mean(0)
