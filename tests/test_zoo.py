@@ -495,6 +495,23 @@ def test_a_worker_death_costs_one_checkpoint(tmp_path, monkeypatch):
     assert "worker process died" in rows[2]["error"] and str(paths[2]) in rows[2]["error"]
 
 
+def test_a_retried_task_whose_report_this_run_wrote_is_ok_not_skipped(tmp_path):
+    # a task in flight when a worker died may have written its report before the pool broke; its
+    # retry finds that report: this run's result ("ok"), unlike one left by an earlier run ("skipped")
+    from rnnprobe.zoo.executors import _this_runs_report
+
+    report = tmp_path / "n1.crash.h5"
+    report.write_bytes(b"")
+    started = time.time() - 5.0
+    row = {"status": "skipped", "report": str(report)}
+    assert _this_runs_report(row, started)["status"] == "ok"
+    os.utime(report, (started - 60, started - 60))  # written before this run started
+    assert _this_runs_report(row, started)["status"] == "skipped"
+    assert _this_runs_report({"status": "skipped", "report": str(tmp_path / "gone.h5")}, started)["status"] == "skipped"
+    assert _this_runs_report({"status": "failed", "report": None}, started)["status"] == "failed"
+    assert row["status"] == "skipped"  # the row given is not modified
+
+
 # ---- parts ---------------------------------------------------------------------------------------------------
 def test_find_checkpoints_rules(zoo, tmp_path):
     found = find_checkpoints([zoo.root], skip_dirs=[zoo.root / "bad"])

@@ -132,6 +132,7 @@ class _Health:
 
 
 def _pool_rows(tasks: Sequence, jobs: int) -> Iterator[dict]:
+    started = time.time()
     queue = collections.deque(tasks)
     suspects: collections.deque = collections.deque()
     health = _Health()
@@ -160,13 +161,27 @@ def _pool_rows(tasks: Sequence, jobs: int) -> Iterator[dict]:
                     suspects.extend(inflight.values())
                     inflight.clear()
                     _stop(pool)
-                    yield from _run_alone(suspects, health)
+                    yield from _run_alone(suspects, health, started)
                     pool = _new_pool(jobs)
         finally:
             _stop(pool)
 
 
-def _run_alone(suspects: collections.deque, health: _Health) -> Iterator[dict]:
+def _this_runs_report(row: dict, started: float) -> dict:
+    """A retried task's row: "skipped" becomes "ok" where its report was written by this run.
+
+    A task in flight when its pool broke may have finished (and written its report) in a
+    worker that died or was stopped before the result came back; its retry then finds that
+    report up to date. It is this run's result, not one found from an earlier run.
+    """
+    if row.get("status") == "skipped" and row.get("report"):
+        with contextlib.suppress(OSError):
+            if os.stat(row["report"]).st_mtime >= started:
+                row = {**row, "status": "ok"}
+    return row
+
+
+def _run_alone(suspects: collections.deque, health: _Health, started: float) -> Iterator[dict]:
     """Each task in its own turn in a one-worker pool: a crash then names its checkpoint."""
     pool = _new_pool(1)
     try:
@@ -182,7 +197,7 @@ def _run_alone(suspects: collections.deque, health: _Health) -> Iterator[dict]:
                 pool = _new_pool(1)
                 continue
             health.rows += 1
-            yield row
+            yield _this_runs_report(row, started)
     finally:
         _stop(pool)
 
